@@ -1,0 +1,1 @@
+//! cairn: rootless overlay filesystems and containers.
