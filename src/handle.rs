@@ -1,0 +1,259 @@
+//! Open files and directories: the handles given to the kernel, and the data
+//! operations on them (read, write, fsync, fallocate, lseek, copy_file_range).
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rustix::fs::{FallocateFlags, Mode, OFlags, SeekFrom};
+use rustix::io::Errno;
+
+use crate::inode::Ino;
+use crate::layer::Result;
+use crate::overlay::Overlay;
+use crate::readdir::DirEntry;
+
+#[derive(Debug)]
+pub enum Handle {
+    File {
+        ino: Ino,
+        fd: OwnedFd,
+    },
+    Dir {
+        ino: Ino,
+        entries: Mutex<Vec<DirEntry>>,
+    },
+}
+
+impl Handle {
+    pub fn file(&self) -> Option<&OwnedFd> {
+        match self {
+            Handle::File { fd, .. } => Some(fd),
+            Handle::Dir { .. } => None,
+        }
+    }
+}
+
+/// The table of open handles.
+#[derive(Debug, Default)]
+pub struct Handles {
+    map: RwLock<HashMap<u64, Arc<Handle>>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    pub fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+    }
+
+    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
+    }
+
+    /// A duplicate of any open fd of `ino` (for attributes of unlinked files).
+    pub fn any_file_of(&self, ino: Ino) -> Option<OwnedFd> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.values().find_map(|h| match &**h {
+            Handle::File { ino: i, fd } if *i == ino => fd.try_clone().ok(),
+            _ => None,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Open flags passed on to the backing file; the rest (create, excl,
+/// direct I/O, controlling tty) are the kernel's or meaningless here.
+fn backing_flags(flags: i32) -> OFlags {
+    let keep = libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_TRUNC
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_NOATIME
+        | libc::O_NONBLOCK;
+    OFlags::from_bits_retain((flags & keep) as u32)
+}
+
+pub fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl Overlay {
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<u64> {
+        let _ns = if wants_write(flags) {
+            let g = self.lock_ns();
+            self.copy_up(ino, flags & libc::O_TRUNC == 0)?;
+            Some(g)
+        } else {
+            None
+        };
+        let (node, path) = self.node_path(ino)?;
+        if node.is_dir() {
+            return Err(Errno::ISDIR);
+        }
+        let layer = self.layer(node.top())?;
+        let fd = match layer.open_beneath(&path, backing_flags(flags), Mode::empty()) {
+            // O_NOATIME is refused on files we do not own; drop it.
+            Err(Errno::PERM) if flags & libc::O_NOATIME != 0 => layer.open_beneath(
+                &path,
+                backing_flags(flags & !libc::O_NOATIME),
+                Mode::empty(),
+            )?,
+            r => r?,
+        };
+        Ok(self.handles.insert(Handle::File { ino, fd }))
+    }
+
+    pub(crate) fn file(&self, fh: u64) -> Result<Arc<Handle>> {
+        let h = self.handles.get(fh).ok_or(Errno::BADF)?;
+        if h.file().is_none() {
+            return Err(Errno::BADF);
+        }
+        Ok(h)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.file(fh)?;
+        let fd = h.file().ok_or(Errno::BADF)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match rustix::io::pread(fd, &mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::INTR) => {}
+                Err(e) if got == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.file(fh)?;
+        let fd = h.file().ok_or(Errno::BADF)?;
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(fd, &data[done..], offset + done as u64) {
+                Ok(n) => done += n,
+                Err(Errno::INTR) => {}
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        if !self.settings.fsync {
+            return Ok(());
+        }
+        let h = self.file(fh)?;
+        let fd = h.file().ok_or(Errno::BADF)?;
+        if datasync {
+            rustix::fs::fdatasync(fd)
+        } else {
+            rustix::fs::fsync(fd)
+        }
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let h = self.file(fh)?;
+        let fd = h.file().ok_or(Errno::BADF)?;
+        rustix::fs::fallocate(
+            fd,
+            FallocateFlags::from_bits_retain(mode as u32),
+            offset,
+            length,
+        )
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.file(fh)?;
+        let fd = h.file().ok_or(Errno::BADF)?;
+        let pos = match whence {
+            libc::SEEK_DATA => SeekFrom::Data(offset.max(0) as u64),
+            libc::SEEK_HOLE => SeekFrom::Hole(offset.max(0) as u64),
+            libc::SEEK_SET => SeekFrom::Start(offset.max(0) as u64),
+            libc::SEEK_END => SeekFrom::End(offset),
+            _ => return Err(Errno::INVAL),
+        };
+        Ok(rustix::fs::seek(fd, pos)? as i64)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
+        let hi = self.file(fh_in)?;
+        let ho = self.file(fh_out)?;
+        let (fi, fo) = (hi.file().ok_or(Errno::BADF)?, ho.file().ok_or(Errno::BADF)?);
+        let mut oi = off_in;
+        let mut oo = off_out;
+        let n = rustix::fs::copy_file_range(
+            fi,
+            Some(&mut oi),
+            fo,
+            Some(&mut oo),
+            len.min(u32::MAX as u64 & !0xfff) as usize,
+        )?;
+        Ok(n as u32)
+    }
+}
+
+impl Overlay {
+    /// Creates and opens a regular file (FUSE CREATE).
+    pub fn create_file(
+        &self,
+        caller: crate::overlay::Caller,
+        parent: Ino,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Result<(crate::overlay::Attr, u64)> {
+        let (a, fd) = self.create_object(
+            caller,
+            parent,
+            name,
+            mode,
+            umask,
+            crate::namespace::NewObject::File { flags },
+        )?;
+        let fd = fd.ok_or(Errno::IO)?;
+        Ok((a, self.handles.insert(Handle::File { ino: a.ino, fd })))
+    }
+}

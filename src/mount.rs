@@ -1,0 +1,126 @@
+//! Turning mount options into a live FUSE session: layout checks, the
+//! `fuser` configuration, and the session itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::error::{Error, Result};
+use crate::fuse::FuseAdapter;
+use crate::options::MountOptions;
+use crate::overlay::Overlay;
+
+/// Worker threads serving requests when `threaded=` is not given.
+pub const DEFAULT_THREADS: usize = 4;
+
+fn canonical(what: &'static str, p: &Path) -> Result<PathBuf> {
+    let c = p.canonicalize().map_err(|source| Error::Path {
+        what,
+        path: p.to_path_buf(),
+        source,
+    })?;
+    if !c.is_dir() {
+        return Err(Error::Layout(format!(
+            "{what} {} is not a directory",
+            p.display()
+        )));
+    }
+    Ok(c)
+}
+
+/// Refuses layouts that would loop or hang: a mountpoint inside a layer,
+/// layers inside each other, a work dir inside the upper dir.
+pub fn check_layout(opts: &MountOptions, mountpoint: &Path) -> Result<()> {
+    let mnt = canonical("mountpoint", mountpoint)?;
+    let mut layers: Vec<(&'static str, PathBuf)> = Vec::new();
+    for l in &opts.lowers {
+        layers.push(("lowerdir", canonical("lower dir", l)?));
+    }
+    if let Some(u) = &opts.upper {
+        layers.push(("upperdir", canonical("upper dir", u)?));
+    }
+    if let Some(w) = &opts.work {
+        layers.push(("workdir", canonical("work dir", w)?));
+    }
+    for (what, p) in &layers {
+        if mnt.starts_with(p) {
+            return Err(Error::Layout(format!(
+                "mountpoint {} is inside {what} {}",
+                mountpoint.display(),
+                p.display()
+            )));
+        }
+    }
+    for (i, (wa, a)) in layers.iter().enumerate() {
+        for (wb, b) in layers.iter().skip(i + 1) {
+            if *wa == "lowerdir" && *wb == "lowerdir" && a == b {
+                continue; // the same lower twice is harmless
+            }
+            if a.starts_with(b) || b.starts_with(a) {
+                return Err(Error::Layout(format!(
+                    "{wa} {} and {wb} {} overlap",
+                    a.display(),
+                    b.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `fuser` configuration for these options.
+pub fn fuser_config(opts: &MountOptions) -> Config {
+    let mut c = Config::default();
+    let mut mo = vec![
+        MountOption::FSName("cairnfs".into()),
+        MountOption::Subtype("cairnfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if !opts.writable() {
+        mo.push(MountOption::RO);
+    }
+    mo.push(if opts.suid {
+        MountOption::Suid
+    } else {
+        MountOption::NoSuid
+    });
+    mo.push(if opts.dev {
+        MountOption::Dev
+    } else {
+        MountOption::NoDev
+    });
+    mo.push(if opts.exec {
+        MountOption::Exec
+    } else {
+        MountOption::NoExec
+    });
+    c.mount_options = mo;
+    c.acl = if opts.allow_other {
+        SessionACL::All
+    } else if opts.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    c.n_threads = Some(opts.threads.unwrap_or(DEFAULT_THREADS));
+    c.clone_fd = true;
+    c
+}
+
+/// Opens the layers and mounts: when this returns, the FUSE handshake is
+/// done and the mount is live (requests queue until the session runs).
+pub fn mount(
+    opts: &MountOptions,
+    mountpoint: &Path,
+    debug: bool,
+) -> Result<(fuser::Session<FuseAdapter>, Arc<Overlay>)> {
+    opts.validate()?;
+    check_layout(opts, mountpoint)?;
+    // Modes of new objects come from the request, not from our umask.
+    rustix::process::umask(rustix::fs::Mode::empty());
+    let overlay = Arc::new(Overlay::new(opts)?);
+    let fs = FuseAdapter::new(overlay.clone(), debug);
+    let session = fuser::Session::new(fs, mountpoint, &fuser_config(opts)).map_err(Error::Mount)?;
+    Ok((session, overlay))
+}

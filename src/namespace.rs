@@ -1,0 +1,475 @@
+//! Operations that change names: create, mknod, mkdir, symlink, link,
+//! unlink, rmdir and rename. Each runs under the namespace lock, copies up
+//! what it touches, and writes whiteouts and opaque markers in the formats
+//! kernel overlayfs reads.
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, XattrFlags};
+use rustix::io::Errno;
+
+use crate::format::{self, OverrideStat, is_whiteout_dev, wh_name};
+use crate::inode::{Ino, LayerId, UPPER};
+use crate::layer::{Result, check_name, exists_at, proc_path, stat_at};
+use crate::overlay::{Attr, Caller, Found, Overlay};
+use crate::upper::{Slot, slot};
+
+/// What to create.
+pub enum NewObject<'a> {
+    File {
+        flags: i32,
+    },
+    Dir,
+    Symlink {
+        target: &'a Path,
+    },
+    /// A device, fifo or socket (mode carries the type).
+    Node {
+        rdev: u64,
+    },
+}
+
+impl Overlay {
+    /// Whether `name` exists in a lower layer below `parent`'s upper dir,
+    /// so that removing it from the merged view needs a whiteout.
+    pub(crate) fn lower_positive(
+        &self,
+        ppath: &Path,
+        players: &[LayerId],
+        name: &OsStr,
+    ) -> Result<bool> {
+        for &lid in players.iter().filter(|&&l| l != UPPER) {
+            let dir = match self.layer(lid)?.dir(ppath) {
+                Ok(d) => d,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(e) => return Err(e),
+            };
+            match stat_at(&dir, name) {
+                Ok(st) => return Ok(!is_whiteout_dev(&st)),
+                Err(Errno::NOENT) => {
+                    if exists_at(&dir, &wh_name(name))? {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The parent node (a directory) and its path.
+    fn dir_node(&self, parent: Ino) -> Result<(crate::inode::Node, std::path::PathBuf)> {
+        let (n, p) = self.node_path(parent)?;
+        if !n.is_dir() {
+            return Err(Errno::NOTDIR);
+        }
+        Ok((n, p))
+    }
+
+    /// Creates a new object; returns its attributes and, for files, an fd.
+    pub fn create_object(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        what: NewObject<'_>,
+    ) -> Result<(Attr, Option<OwnedFd>)> {
+        check_name(name)?;
+        if format::is_reserved_name(name.as_encoded_bytes()) {
+            return Err(Errno::INVAL);
+        }
+        let work = self.work()?;
+        let _ns = self.lock_ns();
+        let (pnode, ppath) = self.dir_node(parent)?;
+        if self.resolve(&ppath, &pnode.layers, name)?.is_some() {
+            return Err(Errno::EXIST);
+        }
+        let pfd = self.upper_dir(parent)?;
+        let slot = slot(&pfd, name)?;
+        if slot == Slot::Taken {
+            return Err(Errno::EXIST);
+        }
+        let pst = rustix::fs::fstat(&pfd)?;
+        let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let gid = if setgid_parent {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
+        let mut perm = mode & 0o7777 & !umask;
+        let is_dir = matches!(what, NewObject::Dir);
+        if is_dir && setgid_parent {
+            perm |= libc::S_ISGID;
+        }
+        let direct = slot == Slot::Free;
+        let tmp = work.temp_name();
+        let (dirfd, at): (&OwnedFd, &OsStr) = if direct {
+            (&pfd, name)
+        } else {
+            (work.fd(), &tmp)
+        };
+        let built = self.build_new(caller.uid, gid, perm, mode, &what, dirfd, at);
+        let fd = match built {
+            Ok(fd) => fd,
+            Err(e) => {
+                if direct {
+                    let _ = crate::upper::remove_tree(&pfd, name);
+                } else {
+                    work.discard(&tmp);
+                }
+                return Err(e);
+            }
+        };
+        if !direct {
+            let installed = (|| {
+                if is_dir {
+                    work.set_opaque(work.fd(), &tmp)?;
+                }
+                work.install(&tmp, &pfd, name, is_dir, slot == Slot::DevWhiteout)?;
+                if slot == Slot::WhFile {
+                    rustix::fs::unlinkat(&pfd, &wh_name(name), AtFlags::empty())?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = installed {
+                work.discard(&tmp);
+                return Err(e);
+            }
+        }
+        let st = self.stat_shown(&pfd, name)?;
+        let found = Found {
+            fmt: st.st_mode & libc::S_IFMT,
+            layers: vec![UPPER],
+            st,
+            identity: (UPPER, st.st_ino),
+        };
+        Ok((self.register(parent, name, found, true), fd))
+    }
+
+    /// Builds the new object at `at` in `dirfd` with its owner and mode.
+    #[allow(clippy::too_many_arguments)]
+    fn build_new(
+        &self,
+        uid: u32,
+        gid: u32,
+        perm: u32,
+        mode: u32,
+        what: &NewObject<'_>,
+        dirfd: &OwnedFd,
+        at: &OsStr,
+    ) -> Result<Option<OwnedFd>> {
+        let m = Mode::from_raw_mode(perm);
+        let mut fd = None;
+        let mut is_link = false;
+        match what {
+            NewObject::File { flags } => {
+                let f = rustix::fs::openat(
+                    dirfd,
+                    at,
+                    OFlags::from_bits_retain((flags & (libc::O_ACCMODE | libc::O_APPEND)) as u32)
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    m,
+                )?;
+                fd = Some(f);
+            }
+            NewObject::Dir => rustix::fs::mkdirat(dirfd, at, m)?,
+            NewObject::Symlink { target } => {
+                rustix::fs::symlinkat(*target, dirfd, at)?;
+                is_link = true;
+            }
+            NewObject::Node { rdev } => {
+                let ft = FileType::from_raw_mode(mode);
+                if ft == FileType::CharacterDevice && *rdev == 0 {
+                    // A user's 0:0 device must not read as a whiteout: store it
+                    // as containers/storage does, an empty file with override_stat.
+                    let f = rustix::fs::openat(
+                        dirfd,
+                        at,
+                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )?;
+                    drop(f);
+                    let o = OverrideStat {
+                        uid,
+                        gid,
+                        perm,
+                        kind: Some((libc::S_IFCHR, 0)),
+                    };
+                    rustix::fs::lsetxattr(
+                        proc_path(dirfd, at),
+                        format::OVERRIDE_STAT,
+                        o.format().as_bytes(),
+                        XattrFlags::empty(),
+                    )?;
+                    return Ok(None);
+                }
+                rustix::fs::mknodat(dirfd, at, ft, m, *rdev)?;
+            }
+        }
+        match rustix::fs::chownat(
+            dirfd,
+            at,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) | Err(Errno::PERM) | Err(Errno::INVAL) => {}
+            Err(e) => return Err(e),
+        }
+        // chown clears set-id bits; put the requested mode back.
+        if !is_link && perm & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            rustix::fs::chmodat(dirfd, at, m, AtFlags::empty())?;
+        }
+        Ok(fd)
+    }
+
+    /// Stat of `name` in `dir` as the mount shows it (override applied).
+    pub(crate) fn stat_shown(&self, dir: &OwnedFd, name: &OsStr) -> Result<rustix::fs::Stat> {
+        let mut st = stat_at(dir, name)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_size == 0
+            && let Some(o) = format::read_override(dir, name)
+        {
+            format::apply_override(&mut st, &o);
+        }
+        Ok(st)
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
+        check_name(name)?;
+        let work = self.work()?;
+        let _ns = self.lock_ns();
+        let (pnode, ppath) = self.dir_node(parent)?;
+        let found = self
+            .resolve(&ppath, &pnode.layers, name)?
+            .ok_or(Errno::NOENT)?;
+        let is_dir = found.fmt == libc::S_IFDIR;
+        if dir && !is_dir {
+            return Err(Errno::NOTDIR);
+        }
+        if !dir && is_dir {
+            return Err(Errno::ISDIR);
+        }
+        if is_dir && !self.merged_is_empty(&ppath.join(name), &found.layers)? {
+            return Err(Errno::NOTEMPTY);
+        }
+        let pfd = self.upper_dir(parent)?;
+        let lower = self.lower_positive(&ppath, &pnode.layers, name)?;
+        if found.layers[0] == UPPER {
+            if is_dir {
+                work.remove_upper_dir(&pfd, name, lower)?;
+            } else if lower {
+                work.whiteout(&pfd, name)?;
+            } else {
+                rustix::fs::unlinkat(&pfd, name, AtFlags::empty())?;
+            }
+        } else {
+            work.whiteout(&pfd, name)?;
+        }
+        self.write_nodes().remove_name(parent, name);
+        Ok(())
+    }
+
+    /// Whether the merged view of a directory has no entries.
+    fn merged_is_empty(&self, path: &Path, layers: &[LayerId]) -> Result<bool> {
+        Ok(self.list_merged(path, layers, Some(1))?.is_empty())
+    }
+
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Attr> {
+        check_name(newname)?;
+        if format::is_reserved_name(newname.as_encoded_bytes()) {
+            return Err(Errno::INVAL);
+        }
+        let work = self.work()?;
+        let _ns = self.lock_ns();
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(Errno::PERM);
+        }
+        let (pnode, ppath) = self.dir_node(newparent)?;
+        if self.resolve(&ppath, &pnode.layers, newname)?.is_some() {
+            return Err(Errno::EXIST);
+        }
+        self.copy_up(ino, true)?;
+        let (_, path) = self.node_path(ino)?;
+        let (sppath, sname) = Overlay::split(&path);
+        let src_dir = self.upper_layer()?.dir(sppath)?;
+        let pfd = self.upper_dir(newparent)?;
+        match slot(&pfd, newname)? {
+            Slot::Free => rustix::fs::linkat(&src_dir, sname, &pfd, newname, AtFlags::empty())?,
+            Slot::Taken => return Err(Errno::EXIST),
+            s => {
+                let tmp = work.temp_name();
+                rustix::fs::linkat(&src_dir, sname, work.fd(), &tmp, AtFlags::empty())?;
+                if let Err(e) = work.install(&tmp, &pfd, newname, false, s == Slot::DevWhiteout) {
+                    work.discard(&tmp);
+                    return Err(e);
+                }
+                if s == Slot::WhFile {
+                    rustix::fs::unlinkat(&pfd, &wh_name(newname), AtFlags::empty())?;
+                }
+            }
+        }
+        let st = self.stat_shown(&pfd, newname)?;
+        let found = Found {
+            fmt: st.st_mode & libc::S_IFMT,
+            layers: vec![UPPER],
+            st,
+            identity: (UPPER, st.st_ino),
+        };
+        Ok(self.register(newparent, newname, found, true))
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        check_name(name)?;
+        check_name(newname)?;
+        if format::is_reserved_name(newname.as_encoded_bytes()) {
+            return Err(Errno::INVAL);
+        }
+        let flags = RenameFlags::from_bits(flags).ok_or(Errno::INVAL)?;
+        if flags.contains(RenameFlags::WHITEOUT)
+            || flags.contains(RenameFlags::EXCHANGE | RenameFlags::NOREPLACE)
+        {
+            return Err(Errno::INVAL);
+        }
+        let exchange = flags.contains(RenameFlags::EXCHANGE);
+        let work = self.work()?;
+        let _ns = self.lock_ns();
+        let (spnode, sppath) = self.dir_node(parent)?;
+        let (dpnode, dppath) = self.dir_node(newparent)?;
+        let src = self
+            .resolve(&sppath, &spnode.layers, name)?
+            .ok_or(Errno::NOENT)?;
+        let dst = self.resolve(&dppath, &dpnode.layers, newname)?;
+        if parent == newparent && name == newname {
+            return Ok(());
+        }
+        let src_dir = src.fmt == libc::S_IFDIR;
+        if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
+            return Err(Errno::EXIST);
+        }
+        if exchange && dst.is_none() {
+            return Err(Errno::NOENT);
+        }
+        let has_lower = |f: &Found| f.layers.iter().any(|&l| l != UPPER);
+        if src_dir && has_lower(&src) {
+            return Err(Errno::XDEV);
+        }
+        if let Some(d) = &dst {
+            let dst_dir = d.fmt == libc::S_IFDIR;
+            if exchange {
+                if dst_dir && has_lower(d) {
+                    return Err(Errno::XDEV);
+                }
+            } else {
+                if src_dir && !dst_dir {
+                    return Err(Errno::NOTDIR);
+                }
+                if !src_dir && dst_dir {
+                    return Err(Errno::ISDIR);
+                }
+                if dst_dir && !self.merged_is_empty(&dppath.join(newname), &d.layers)? {
+                    return Err(Errno::NOTEMPTY);
+                }
+            }
+        }
+        let src_ino = self.read_nodes().child(parent, name);
+        let dst_ino = self.read_nodes().child(newparent, newname);
+        self.copy_up_entry(parent, name, &src)?;
+        if exchange && let Some(d) = &dst {
+            self.copy_up_entry(newparent, newname, d)?;
+        }
+        let spfd = self.upper_dir(parent)?;
+        let dpfd = self.upper_dir(newparent)?;
+        let src_lower = self.lower_positive(&sppath, &spnode.layers, name)?;
+        let dst_lower = self.lower_positive(&dppath, &dpnode.layers, newname)?;
+        if exchange {
+            rustix::fs::renameat_with(&spfd, name, &dpfd, newname, RenameFlags::EXCHANGE)?;
+            if src_dir && dst_lower {
+                work.set_opaque(&dpfd, newname)?;
+            }
+            if dst.as_ref().is_some_and(|d| d.fmt == libc::S_IFDIR) && src_lower {
+                work.set_opaque(&spfd, name)?;
+            }
+            let mut t = self.write_nodes();
+            if let Some(s) = src_ino {
+                t.rename(s, newparent, newname);
+            }
+            if let Some(d) = dst_ino {
+                t.rename(d, parent, name);
+            }
+            return Ok(());
+        }
+        let dslot = slot(&dpfd, newname)?;
+        if dst
+            .as_ref()
+            .is_some_and(|d| d.fmt == libc::S_IFDIR && d.layers[0] == UPPER)
+        {
+            // An empty-looking upper dir may still hold whiteouts.
+            work.remove_upper_dir(&dpfd, newname, false)?;
+        } else if dslot == Slot::DevWhiteout && src_dir {
+            rustix::fs::unlinkat(&dpfd, newname, AtFlags::empty())?;
+        }
+        rustix::fs::renameat(&spfd, name, &dpfd, newname)?;
+        if dslot == Slot::WhFile {
+            rustix::fs::unlinkat(&dpfd, &wh_name(newname), AtFlags::empty())?;
+        }
+        if src_dir && (dst_lower || dslot != Slot::Free) {
+            work.set_opaque(&dpfd, newname)?;
+        }
+        if src_lower {
+            work.whiteout(&spfd, name)?;
+        }
+        let mut t = self.write_nodes();
+        t.remove_name(newparent, newname);
+        if let Some(s) = src_ino {
+            t.rename(s, newparent, newname);
+            if let Some(n) = t.get_mut(s)
+                && !src_dir
+            {
+                n.layers = vec![UPPER];
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies up the object `name` of `parent` that resolved to `f`.
+    pub(crate) fn copy_up_entry(&self, parent: Ino, name: &OsStr, f: &Found) -> Result<()> {
+        if f.layers[0] == UPPER {
+            return Ok(());
+        }
+        if let Some(ino) = self.read_nodes().child(parent, name) {
+            return self.copy_up(ino, true);
+        }
+        // Not known to the kernel: register it just long enough to copy it.
+        let ino = {
+            let mut t = self.write_nodes();
+            t.upsert(parent, name, f.fmt, f.layers.clone(), f.identity, true)
+        };
+        let r = self.copy_up(ino, true);
+        self.write_nodes().forget(ino, 1);
+        r
+    }
+}

@@ -1,0 +1,381 @@
+//! The FUSE-agnostic overlay: name resolution through the layers, attributes,
+//! and the state shared by the other operation modules (`namespace`,
+//! `copy_up`, `readdir`, `handle`, `xattr`).
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use rustix::fs::{FileType, Stat};
+use rustix::io::Errno;
+
+use crate::format::{self, is_whiteout_dev, wh_name};
+use crate::handle::Handles;
+use crate::inode::{Ino, LayerId, Node, NodeTable, ROOT, UPPER};
+use crate::layer::{Layer, Result, check_name, exists_at, stat_at};
+use crate::options::MountOptions;
+use crate::upper::Work;
+
+/// What the caller of an operation is, for ownership of new objects.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// Attributes as shown through the mount.
+#[derive(Debug, Clone, Copy)]
+pub struct Attr {
+    pub ino: Ino,
+    pub st: Stat,
+}
+
+/// Runtime settings derived from the mount options.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// fsync copy-ups and honour fsync requests (off with `fsync=0`/`volatile`).
+    pub fsync: bool,
+    /// Entry and attribute cache time given to the kernel.
+    pub timeout: Duration,
+    pub static_nlink: bool,
+}
+
+/// One resolved name: where it lives and what it is.
+#[derive(Debug)]
+pub(crate) struct Found {
+    pub fmt: u32,
+    pub layers: Vec<LayerId>,
+    /// Stat of the topmost object.
+    pub st: Stat,
+    /// The identity that names the node: the object itself for non-dirs,
+    /// the topmost lower dir for merged dirs (stable across copy-up).
+    pub identity: (LayerId, u64),
+}
+
+pub struct Overlay {
+    pub(crate) upper: Option<Layer>,
+    pub(crate) lowers: Vec<Layer>,
+    pub(crate) work: Option<Work>,
+    pub(crate) nodes: RwLock<NodeTable>,
+    pub(crate) handles: Handles,
+    /// Serialises operations that change the namespace or copy up, so that
+    /// each sees a stable tree; reads never take it.
+    ns: Mutex<()>,
+    pub settings: Settings,
+}
+
+impl Overlay {
+    /// Opens the layers named in `opts` and prepares the work dir.
+    pub fn new(opts: &MountOptions) -> crate::error::Result<Overlay> {
+        let open = |what: &'static str, p: &Path| {
+            let l = Layer::open(p).map_err(|source| crate::error::Error::Path {
+                what,
+                path: p.to_path_buf(),
+                source,
+            })?;
+            Ok::<_, crate::error::Error>(l)
+        };
+        let mut lowers = Vec::new();
+        for p in &opts.lowers {
+            lowers.push(open("lower dir", p)?);
+        }
+        let (upper, work) = match (&opts.upper, &opts.work) {
+            (Some(u), Some(w)) if !opts.read_only => {
+                let upper = open("upper dir", u)?;
+                let workdir = open("work dir", w)?;
+                if upper.dev != workdir.dev {
+                    return Err(crate::error::Error::Layout(format!(
+                        "upper dir {} and work dir {} must be on the same filesystem",
+                        u.display(),
+                        w.display()
+                    )));
+                }
+                let work = Work::prepare(&workdir).map_err(|source| crate::error::Error::Path {
+                    what: "work dir",
+                    path: w.clone(),
+                    source,
+                })?;
+                (Some(upper), Some(work))
+            }
+            (Some(_), None) if !opts.read_only => {
+                return Err(crate::error::Error::Options(
+                    "upperdir needs a workdir".into(),
+                ));
+            }
+            _ => (None, None),
+        };
+        let mut root_layers: Vec<LayerId> = Vec::new();
+        if upper.is_some() {
+            root_layers.push(UPPER);
+        }
+        root_layers.extend((1..=lowers.len()).map(|i| i as LayerId));
+        Ok(Overlay {
+            upper,
+            lowers,
+            work,
+            nodes: RwLock::new(NodeTable::new(root_layers)),
+            handles: Handles::default(),
+            ns: Mutex::new(()),
+            settings: Settings {
+                fsync: opts.fsync,
+                timeout: opts.timeout,
+                static_nlink: opts.static_nlink,
+            },
+        })
+    }
+
+    pub(crate) fn layer(&self, id: LayerId) -> Result<&Layer> {
+        if id == UPPER {
+            self.upper.as_ref().ok_or(Errno::ROFS)
+        } else {
+            self.lowers.get(id as usize - 1).ok_or(Errno::IO)
+        }
+    }
+
+    pub(crate) fn upper_layer(&self) -> Result<&Layer> {
+        self.upper.as_ref().ok_or(Errno::ROFS)
+    }
+
+    pub(crate) fn work(&self) -> Result<&Work> {
+        self.work.as_ref().ok_or(Errno::ROFS)
+    }
+
+    pub(crate) fn read_nodes(&self) -> RwLockReadGuard<'_, NodeTable> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write_nodes(&self) -> RwLockWriteGuard<'_, NodeTable> {
+        self.nodes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_ns(&self) -> MutexGuard<'_, ()> {
+        self.ns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of a node and its path; ENOENT for a forgotten or unlinked one.
+    pub(crate) fn node_path(&self, ino: Ino) -> Result<(Node, PathBuf)> {
+        let t = self.read_nodes();
+        let n = t.get(ino).ok_or(Errno::NOENT)?;
+        let p = t.path(ino).ok_or(Errno::NOENT)?;
+        Ok((n.clone(), p))
+    }
+
+    pub(crate) fn node(&self, ino: Ino) -> Result<Node> {
+        self.read_nodes().get(ino).cloned().ok_or(Errno::NOENT)
+    }
+
+    /// Splits a node path into its parent path and name (root: "" and ".").
+    pub(crate) fn split(path: &Path) -> (&Path, &OsStr) {
+        match (path.parent(), path.file_name()) {
+            (Some(p), Some(n)) => (p, n),
+            _ => (Path::new(""), OsStr::new(".")),
+        }
+    }
+
+    /// Resolves `name` in the directory at `parent_path` held by `layers`.
+    pub(crate) fn resolve(
+        &self,
+        parent_path: &Path,
+        layers: &[LayerId],
+        name: &OsStr,
+    ) -> Result<Option<Found>> {
+        let mut found: Option<Found> = None;
+        for (i, &lid) in layers.iter().enumerate() {
+            let more_below = i + 1 < layers.len();
+            let dir = match self.layer(lid)?.dir(parent_path) {
+                Ok(d) => d,
+                // The directory went away in this layer behind our back.
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(e) => return Err(e),
+            };
+            let st = match stat_at(&dir, name) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => {
+                    if more_below && exists_at(&dir, &wh_name(name))? {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if is_whiteout_dev(&st) {
+                break;
+            }
+            let fmt = st.st_mode & libc::S_IFMT;
+            match &mut found {
+                None => {
+                    let mut st = st;
+                    if fmt == libc::S_IFREG
+                        && st.st_size == 0
+                        && let Some(o) = format::read_override(&dir, name)
+                    {
+                        format::apply_override(&mut st, &o);
+                    }
+                    let shown_fmt = st.st_mode & libc::S_IFMT;
+                    found = Some(Found {
+                        fmt: shown_fmt,
+                        layers: vec![lid],
+                        st,
+                        identity: (lid, st.st_ino),
+                    });
+                    if fmt != libc::S_IFDIR {
+                        break;
+                    }
+                    if more_below && self.stops_below(&dir, name)? {
+                        break;
+                    }
+                }
+                Some(f) => {
+                    if fmt != libc::S_IFDIR {
+                        break;
+                    }
+                    if f.identity.0 == UPPER {
+                        f.identity = (lid, st.st_ino);
+                    }
+                    f.layers.push(lid);
+                    if more_below && self.stops_below(&dir, name)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether a directory hides what lies below it: opaque, or whited out
+    /// by a `.wh.` file beside it in the same layer.
+    fn stops_below(&self, parent: &OwnedFd, name: &OsStr) -> Result<bool> {
+        if exists_at(parent, &wh_name(name))? {
+            return Ok(true);
+        }
+        let dir = match rustix::fs::openat(
+            parent,
+            name,
+            rustix::fs::OFlags::PATH
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            Ok(d) => d,
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        format::is_opaque_dir(parent, name, &dir)
+    }
+
+    /// Looks up `name` in `parent`, registering the node (one kernel lookup).
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr> {
+        check_name(name)?;
+        if format::is_reserved_name(name.as_encoded_bytes()) {
+            return Err(Errno::NOENT);
+        }
+        let (pnode, ppath) = self.node_path(parent)?;
+        if !pnode.is_dir() {
+            return Err(Errno::NOTDIR);
+        }
+        let found = self
+            .resolve(&ppath, &pnode.layers, name)?
+            .ok_or(Errno::NOENT)?;
+        Ok(self.register(parent, name, found, true))
+    }
+
+    /// Records a resolved object in the node table and returns its attributes.
+    pub(crate) fn register(&self, parent: Ino, name: &OsStr, f: Found, count: bool) -> Attr {
+        let merged = f.layers.len() > 1;
+        let ino = self
+            .write_nodes()
+            .upsert(parent, name, f.fmt, f.layers, f.identity, count);
+        self.attr(ino, f.st, merged)
+    }
+
+    pub(crate) fn attr(&self, ino: Ino, mut st: Stat, merged_dir: bool) -> Attr {
+        if (merged_dir && st.st_mode & libc::S_IFMT == libc::S_IFDIR) || self.settings.static_nlink
+        {
+            st.st_nlink = 1;
+        }
+        st.st_ino = ino;
+        Attr { ino, st }
+    }
+
+    /// Stats the topmost object of a node (applying `override_stat`).
+    pub(crate) fn stat_node(&self, node: &Node, path: &Path) -> Result<Stat> {
+        let (ppath, name) = Self::split(path);
+        let layer = self.layer(node.top())?;
+        let dir = layer.dir(ppath)?;
+        let mut st = stat_at(&dir, name)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_size == 0
+            && let Some(o) = format::read_override(&dir, name)
+        {
+            format::apply_override(&mut st, &o);
+        }
+        Ok(st)
+    }
+
+    pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> Result<Attr> {
+        if let Some(fh) = fh
+            && let Some(h) = self.handles.get(fh)
+            && let Some(fd) = h.file()
+        {
+            let node = self.node(ino).ok();
+            let st = rustix::fs::fstat(fd)?;
+            let merged = node.is_some_and(|n| n.layers.len() > 1);
+            return Ok(self.attr(ino, st, merged));
+        }
+        let (node, path) = match self.node_path(ino) {
+            Ok(x) => x,
+            Err(e) => {
+                // An unlinked file that is still open answers from its fd.
+                if let Some(fd) = self.handles.any_file_of(ino) {
+                    return Ok(self.attr(ino, rustix::fs::fstat(&fd)?, false));
+                }
+                return Err(e);
+            }
+        };
+        let st = self.stat_node(&node, &path)?;
+        Ok(self.attr(ino, st, node.layers.len() > 1))
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.write_nodes().forget(ino, n);
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let (node, path) = self.node_path(ino)?;
+        let (ppath, name) = Self::split(&path);
+        let dir = self.layer(node.top())?.dir(ppath)?;
+        let target = rustix::fs::readlinkat(&dir, name, Vec::new())?;
+        Ok(target.into_bytes())
+    }
+
+    pub fn statfs(&self) -> Result<rustix::fs::StatVfs> {
+        let layer = match &self.upper {
+            Some(u) => u,
+            None => self.lowers.first().ok_or(Errno::IO)?,
+        };
+        rustix::fs::fstatvfs(layer.root())
+    }
+
+    /// Number of nodes the kernel holds; for tests and diagnostics.
+    pub fn node_count(&self) -> usize {
+        self.read_nodes().len()
+    }
+
+    pub fn root_ino(&self) -> Ino {
+        ROOT
+    }
+}
+
+/// The S_IFMT bits of a stat.
+pub(crate) fn fmt_of(st: &Stat) -> u32 {
+    st.st_mode & libc::S_IFMT
+}
+
+/// The file type of a mode, for readdir.
+pub fn file_type(fmt: u32) -> FileType {
+    FileType::from_raw_mode(fmt)
+}
