@@ -131,7 +131,7 @@ impl Overlay {
                 }
                 work.install(&tmp, &pfd, name, is_dir, slot == Slot::DevWhiteout)?;
                 if slot == Slot::WhFile {
-                    rustix::fs::unlinkat(&pfd, &wh_name(name), AtFlags::empty())?;
+                    rustix::fs::unlinkat(&pfd, wh_name(name), AtFlags::empty())?;
                 }
                 Ok(())
             })();
@@ -321,7 +321,7 @@ impl Overlay {
                     return Err(e);
                 }
                 if s == Slot::WhFile {
-                    rustix::fs::unlinkat(&pfd, &wh_name(newname), AtFlags::empty())?;
+                    rustix::fs::unlinkat(&pfd, wh_name(newname), AtFlags::empty())?;
                 }
             }
         }
@@ -434,7 +434,7 @@ impl Overlay {
         }
         rustix::fs::renameat(&spfd, name, &dpfd, newname)?;
         if dslot == Slot::WhFile {
-            rustix::fs::unlinkat(&dpfd, &wh_name(newname), AtFlags::empty())?;
+            rustix::fs::unlinkat(&dpfd, wh_name(newname), AtFlags::empty())?;
         }
         if src_dir && (dst_lower || dslot != Slot::Free) {
             work.set_opaque(&dpfd, newname)?;

@@ -151,7 +151,7 @@ fn bool_value(key: &str, v: &str) -> Result<bool> {
 pub fn parse_id_map(key: &str, v: &str) -> Result<Vec<IdMap>> {
     let v = v.strip_prefix(':').unwrap_or(v);
     let parts: Vec<&str> = v.split(':').collect();
-    if parts.is_empty() || parts.len() % 3 != 0 {
+    if parts.is_empty() || !parts.len().is_multiple_of(3) {
         return Err(Error::Options(format!(
             "{key}={v}: expected DISK:SHOWN:LEN triples"
         )));
@@ -213,7 +213,7 @@ impl MountOptions {
             "timeout" => {
                 let v = need(value)?;
                 let secs: f64 = number(key, &v)?;
-                if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+                if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
                     return Err(Error::Options(format!("timeout={v}: out of range")));
                 }
                 self.timeout = Duration::from_secs_f64(secs);

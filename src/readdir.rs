@@ -74,8 +74,8 @@ impl Overlay {
                 Err(e) => return Err(e),
             };
             let mut new_hidden: Vec<OsString> = Vec::new();
-            let mut d = rustix::fs::Dir::read_from(&dir)?;
-            while let Some(ent) = d.next() {
+            let d = rustix::fs::Dir::read_from(&dir)?;
+            for ent in d {
                 let ent = ent?;
                 let bytes = ent.file_name().to_bytes();
                 if bytes == b"." || bytes == b".." || bytes == OPAQUE_FILE.as_bytes() {

@@ -103,7 +103,7 @@ impl Work {
             WhiteoutStyle::WhFile => {
                 let fd = rustix::fs::openat(
                     parent,
-                    &wh_name(name),
+                    wh_name(name),
                     OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                     Mode::from_raw_mode(0o600),
                 )?;
@@ -272,8 +272,8 @@ pub fn remove_tree(dir: &impl AsFd, name: &OsStr) -> Result<()> {
 pub fn list_names(dir: &OwnedFd) -> Result<Vec<OsString>> {
     use std::os::unix::ffi::OsStringExt;
     let mut out = Vec::new();
-    let mut d = rustix::fs::Dir::read_from(dir)?;
-    while let Some(ent) = d.next() {
+    let d = rustix::fs::Dir::read_from(dir)?;
+    for ent in d {
         let ent = ent?;
         let n = ent.file_name().to_bytes();
         if n != b"." && n != b".." {
