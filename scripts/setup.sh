@@ -21,6 +21,8 @@ if [ "${CAIRN_SKIP_PJDFSTEST:-0}" != 1 ] && ! command -v pjdfstest >/dev/null 2>
 fi
 # A user the rootless tests run as.
 id cairn-test >/dev/null 2>&1 || useradd -m -s /bin/bash cairn-test
+# The second unprivileged user of pjdfstest's ownership tests (with nobody).
+id pjdtest >/dev/null 2>&1 || useradd -M -U -s /usr/sbin/nologin pjdtest
 # Let that user open /dev/fuse inside a user namespace.
 [ -e /dev/fuse ] && chmod 666 /dev/fuse
 exit 0

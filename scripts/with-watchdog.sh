@@ -13,7 +13,12 @@ abort_fuse() {
 }
 setsid "$@" &
 pid=$!
-( sleep "$limit"; if kill -0 "$pid" 2>/dev/null; then
+# The timer's sleep must not hold the caller's stdout/stderr open (a caller
+# piping our output would otherwise wait for the full limit), and dies with
+# the watchdog subshell.
+( trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  sleep "$limit" </dev/null >/dev/null 2>&1 & nap=$!; wait "$nap"
+  if kill -0 "$pid" 2>/dev/null; then
     echo "watchdog: '$*' still running after ${limit}s; aborting FUSE connections" >&2
     abort_fuse; sleep 2; kill -KILL -- -"$pid" 2>/dev/null; fi ) &
 dog=$!
