@@ -263,7 +263,7 @@ pub fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
 /// `llistxattr` into a buffer of the right size.
 pub fn list_xattrs(p: &Path) -> Result<Vec<u8>> {
     loop {
-        let size = rustix::fs::llistxattr(p, &mut [0u8; 0][..])?;
+        let size = rustix::fs::llistxattr_query(p)?;
         let mut buf = vec![0u8; size];
         match rustix::fs::llistxattr(p, &mut buf[..]) {
             Ok(n) => {
@@ -279,7 +279,7 @@ pub fn list_xattrs(p: &Path) -> Result<Vec<u8>> {
 /// `lgetxattr` into a buffer of the right size.
 pub fn get_xattr(p: &Path, name: &OsStr) -> Result<Vec<u8>> {
     loop {
-        let size = rustix::fs::lgetxattr(p, name, &mut [0u8; 0][..])?;
+        let size = rustix::fs::lgetxattr_query(p, name)?;
         let mut buf = vec![0u8; size];
         match rustix::fs::lgetxattr(p, name, &mut buf[..]) {
             Ok(n) => {

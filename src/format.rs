@@ -49,6 +49,15 @@ pub fn wh_name(name: &OsStr) -> OsString {
     OsString::from_vec(v)
 }
 
+/// Whether a `.wh.NAME` file exists for `name` in `dir` (a name too long
+/// to have one has none).
+pub fn wh_exists(dir: impl AsFd, name: &OsStr) -> Result<bool> {
+    if name.len() + WH_PREFIX.len() > 255 {
+        return Ok(false);
+    }
+    exists_at(dir, &wh_name(name))
+}
+
 /// The name a `.wh.` file whites out, or None for other names (and for the
 /// opaque marker).
 pub fn whiteout_target(name: &[u8]) -> Option<&[u8]> {

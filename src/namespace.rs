@@ -12,7 +12,7 @@ use rustix::io::Errno;
 
 use crate::format::{self, OverrideStat, is_whiteout_dev, wh_name};
 use crate::inode::{Ino, LayerId, UPPER};
-use crate::layer::{Result, check_name, exists_at, proc_path, stat_at};
+use crate::layer::{Result, check_name, proc_path, stat_at};
 use crate::overlay::{Attr, Caller, Found, Overlay};
 use crate::upper::{Slot, slot};
 
@@ -49,7 +49,7 @@ impl Overlay {
             match stat_at(&dir, name) {
                 Ok(st) => return Ok(!is_whiteout_dev(&st)),
                 Err(Errno::NOENT) => {
-                    if exists_at(&dir, &wh_name(name))? {
+                    if crate::format::wh_exists(&dir, name)? {
                         return Ok(false);
                     }
                 }
@@ -460,7 +460,8 @@ impl Overlay {
         if f.layers[0] == UPPER {
             return Ok(());
         }
-        if let Some(ino) = self.read_nodes().child(parent, name) {
+        let known = self.read_nodes().child(parent, name);
+        if let Some(ino) = known {
             return self.copy_up(ino, true);
         }
         // Not known to the kernel: register it just long enough to copy it.

@@ -11,10 +11,10 @@ use std::time::Duration;
 use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 
-use crate::format::{self, is_whiteout_dev, wh_name};
+use crate::format::{self, is_whiteout_dev};
 use crate::handle::Handles;
 use crate::inode::{Ino, LayerId, Node, NodeTable, ROOT, UPPER};
-use crate::layer::{Layer, Result, check_name, exists_at, stat_at};
+use crate::layer::{Layer, Result, check_name, stat_at};
 use crate::options::MountOptions;
 use crate::upper::Work;
 
@@ -194,7 +194,7 @@ impl Overlay {
             let st = match stat_at(&dir, name) {
                 Ok(st) => st,
                 Err(Errno::NOENT) => {
-                    if more_below && exists_at(&dir, &wh_name(name))? {
+                    if more_below && crate::format::wh_exists(&dir, name)? {
                         break;
                     }
                     continue;
@@ -248,7 +248,7 @@ impl Overlay {
     /// Whether a directory hides what lies below it: opaque, or whited out
     /// by a `.wh.` file beside it in the same layer.
     fn stops_below(&self, parent: &OwnedFd, name: &OsStr) -> Result<bool> {
-        if exists_at(parent, &wh_name(name))? {
+        if crate::format::wh_exists(parent, name)? {
             return Ok(true);
         }
         let dir = match rustix::fs::openat(

@@ -9,7 +9,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, XattrFlags};
 use rustix::io::Errno;
 
 use crate::format::{OPAQUE_FILE, wh_name};
-use crate::layer::{Layer, Result, exists_at, proc_path, stat_at};
+use crate::layer::{Layer, Result, proc_path, stat_at};
 
 /// Name of cairnfs's own directory inside the user's work dir.
 pub const WORK_SUBDIR: &str = "cairn";
@@ -224,7 +224,7 @@ pub fn slot(parent: &OwnedFd, name: &OsStr) -> Result<Slot> {
         Ok(st) if crate::format::is_whiteout_dev(&st) => Ok(Slot::DevWhiteout),
         Ok(_) => Ok(Slot::Taken),
         Err(Errno::NOENT) => {
-            if exists_at(parent, &wh_name(name))? {
+            if crate::format::wh_exists(parent, name)? {
                 Ok(Slot::WhFile)
             } else {
                 Ok(Slot::Free)
