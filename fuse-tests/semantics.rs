@@ -282,7 +282,7 @@ fn all_file_types_can_be_created() {
     fs::hard_link(p.join("file"), p.join("hard")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &p.join("fifo"),
+        p.join("fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
@@ -292,7 +292,7 @@ fn all_file_types_can_be_created() {
     drop(sock);
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &p.join("null"),
+        p.join("null"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o666),
         rustix::fs::makedev(1, 3),
@@ -300,7 +300,7 @@ fn all_file_types_can_be_created() {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &p.join("zero-zero"),
+        p.join("zero-zero"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o640),
         0,
@@ -368,17 +368,17 @@ fn rename_files_and_upper_dirs_with_flags() {
     write(p.join("b"), "B");
     let r = rustix::fs::renameat_with(
         rustix::fs::CWD,
-        &p.join("a"),
+        p.join("a"),
         rustix::fs::CWD,
-        &p.join("b"),
+        p.join("b"),
         RenameFlags::NOREPLACE,
     );
     assert_eq!(r, Err(Errno::EXIST));
     rustix::fs::renameat_with(
         rustix::fs::CWD,
-        &p.join("a"),
+        p.join("a"),
         rustix::fs::CWD,
-        &p.join("b"),
+        p.join("b"),
         RenameFlags::EXCHANGE,
     )
     .unwrap();
