@@ -1,1 +1,2 @@
 //! cairn: rootless overlay filesystems and containers.
+pub mod store;
