@@ -138,7 +138,13 @@ fn open_dir_beneath(
                 )
                 .map_err(|e| path_error(e, shown))?
             }
-            Err(e) => return Err(path_error(e, shown)),
+            Err(e) => {
+                // O_NOFOLLOW|O_DIRECTORY on a symlink says ENOTDIR: tell
+                // the two apart.
+                let is_link = rustix::fs::statat(base, c.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+                return Err(path_error(if is_link { Errno::LOOP } else { e }, shown));
+            }
         };
         cur = Some(fd);
     }
