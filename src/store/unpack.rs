@@ -183,9 +183,10 @@ fn remove_at(dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
         Err(Errno::ISDIR) => {}
         Err(e) => return Err(io_err(e)),
     }
+    // Make sure we may list and delete inside it (name is a directory, not
+    // a symlink: unlinkat said EISDIR).
+    let _ = rustix::fs::chmodat(dir, name, Mode::from_raw_mode(0o700), AtFlags::empty());
     let sub = rustix::fs::openat(dir, name, dir_oflags(), Mode::empty()).map_err(io_err)?;
-    // Make sure we may delete inside it.
-    let _ = rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o700));
     let mut names = Vec::new();
     {
         let dup = rustix::fs::openat(&sub, ".", dir_oflags(), Mode::empty()).map_err(io_err)?;
@@ -715,7 +716,13 @@ pub fn disk_usage(p: &Path) -> io::Result<(u64, u64)> {
             inodes += 1;
         }
         if md.is_dir() {
-            for e in fs::read_dir(&p)? {
+            let rd = match fs::read_dir(&p) {
+                Ok(rd) => rd,
+                // A directory unprivileged users may not list (mode 0311).
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
+                Err(e) => return Err(e),
+            };
+            for e in rd {
                 stack.push(e?.path());
             }
         }
