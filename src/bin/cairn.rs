@@ -342,7 +342,7 @@ fn run(cli: Cli) -> Result<()> {
                 writeln!(
                     out,
                     "{:<14} {:<14} {:>10} {:>8} {:>7}",
-                    "CHAIN ID", "DIFF ID", "SIZE", "INODES", "IMAGES"
+                    "CHAIN ID", "DIFF ID", "SIZE", "INODES", "IMAGES",
                 )?;
                 for l in &r.layers {
                     writeln!(
@@ -389,21 +389,19 @@ fn run(cli: Cli) -> Result<()> {
                     .filter(|l| l.images > 1)
                     .map(|l| l.size)
                     .sum();
-                let lfree: u64 = r
-                    .layers
-                    .iter()
-                    .filter(|l| l.images == 0)
-                    .map(|l| l.size)
-                    .sum();
                 writeln!(
                     out,
                     "{:<12} {:>6} {:>7} {:>10} {:>10} {:>16}",
                     "Layers",
                     r.layers.len(),
-                    r.layers.iter().filter(|l| l.images > 0).count(),
+                    r.layers.iter().filter(|l| l.active).count(),
                     human_size(r.layers_size),
                     human_size(lshared),
-                    format!("{} ({}%)", human_size(lfree), pct(lfree, r.layers_size))
+                    format!(
+                        "{} ({}%)",
+                        human_size(r.layers_reclaimable),
+                        pct(r.layers_reclaimable, r.layers_size)
+                    )
                 )?;
                 writeln!(
                     out,
@@ -413,7 +411,11 @@ fn run(cli: Cli) -> Result<()> {
                     "",
                     human_size(r.blobs_size),
                     "",
-                    ""
+                    format!(
+                        "{} ({}%)",
+                        human_size(r.blobs_reclaimable),
+                        pct(r.blobs_reclaimable, r.blobs_size)
+                    )
                 )?;
                 writeln!(
                     out,

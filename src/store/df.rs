@@ -34,6 +34,8 @@ pub struct LayerUsage {
     pub inodes: u64,
     /// Number of images using it.
     pub images: usize,
+    /// Used by an image that a container uses.
+    pub active: bool,
 }
 
 /// The whole store.
@@ -53,6 +55,9 @@ pub struct DfReport {
     pub unreferenced: u64,
     pub containers: usize,
     pub active_images: usize,
+    /// Bytes of layer trees and of blobs that `prune -a` would free.
+    pub layers_reclaimable: u64,
+    pub blobs_reclaimable: u64,
 }
 
 impl DfReport {
@@ -166,8 +171,21 @@ pub fn df(store: &Store) -> Result<DfReport> {
             .map(|(_, v)| v.0)
             .sum::<u64>();
     rep.reclaimable += rep.unreferenced;
+    let active = |users: Option<&BTreeSet<&Digest>>| {
+        users.is_some_and(|u| u.iter().any(|i| in_use.contains(*i)))
+    };
+    rep.blobs_reclaimable = blob_size
+        .iter()
+        .filter(|(d, _)| !active(blob_users.get(d)))
+        .map(|(_, s)| s)
+        .sum();
     for (d, (size, inodes, diff_id)) in layer_size {
+        let act = active(layer_users.get(&d));
+        if !act {
+            rep.layers_reclaimable += size;
+        }
         rep.layers.push(LayerUsage {
+            active: act,
             images: layer_users.get(&d).map(|u| u.len()).unwrap_or(0),
             chain_id: d,
             diff_id,
