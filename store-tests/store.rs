@@ -666,6 +666,38 @@ fn devices_without_privileges_get_override_stat() {
 }
 
 #[test]
+fn later_entries_replace_earlier_ones() {
+    let mut l = Layer::new();
+    l.dir("a", 0o555)
+        .dir("a/sub", 0o700)
+        .file("a/sub/f", b"1", 0o644)
+        .file("a", b"now a file", 0o600)
+        .file("b", b"file first", 0o644)
+        .dir("b", 0o750)
+        .dir("c", 0o755)
+        .symlink("c", "/etc")
+        .file("d", b"old", 0o644)
+        .file("d", b"new", 0o640);
+    let d = tempfile::tempdir().unwrap();
+    unpack_layer(&l.finish()[..], d.path(), &UnpackOptions::default()).unwrap();
+    assert_eq!(fs::read(d.path().join("a")).unwrap(), b"now a file");
+    let b = fs::symlink_metadata(d.path().join("b")).unwrap();
+    assert!(b.is_dir());
+    assert_eq!(b.mode() & 0o7777, 0o750);
+    assert!(
+        fs::symlink_metadata(d.path().join("c"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read(d.path().join("d")).unwrap(), b"new");
+    assert_eq!(
+        fs::metadata(d.path().join("d")).unwrap().mode() & 0o7777,
+        0o640
+    );
+}
+
+#[test]
 fn interrupted_leftovers_are_never_trusted_and_cleaned() {
     let (d, s) = store();
     let img = Image::new("a:1", vec![base_layer("i")]);

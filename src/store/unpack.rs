@@ -323,6 +323,8 @@ fn unpack_entry<R: Read>(
         }
         remove_at(&parent, name)
             .with_ctx(|| format!("entry {shown:?}: replacing existing file"))?;
+        // Directories that went with it need no fixing up any more.
+        dirs.retain(|d| !d.comps.starts_with(&comps));
     }
 
     match etype {
