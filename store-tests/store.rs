@@ -48,6 +48,7 @@ fn rich_layers() -> Vec<Vec<u8>> {
         .fifo("fifo", 0o640)
         .chardev("null", 1, 3, 0o666)
         .file(&long, b"long", 0o644)
+        .gnu_long(&gnu_long(), b"gnu", &gnu_link(), &gnu_long())
         .file_bytes(b"latin1-\xe9t\xe9", b"bytes", 0o644, &[])
         .file_bytes(b"xattr", b"x", 0o644, &[("user.cairn.test", b"value")])
         .dir("gone-dir", 0o755)
@@ -65,6 +66,14 @@ fn rich_layers() -> Vec<Vec<u8>> {
         .hardlink("bin/sh2", "bin/busybox")
         .file("bin/busybox", b"replaced", 0o755);
     vec![base, t.finish()]
+}
+
+fn gnu_long() -> String {
+    format!("gnu/{}", "n".repeat(200))
+}
+
+fn gnu_link() -> String {
+    format!("gnu/{}", "l".repeat(180))
 }
 
 fn check_rich_tree(s: &Store, img: &Image) {
@@ -103,6 +112,11 @@ fn check_rich_tree(s: &Store, img: &Image) {
     }
     let long = format!("deep/{}/{}", "d".repeat(120), "f".repeat(150));
     assert_eq!(fs::read(base.join(long)).unwrap(), b"long");
+    assert_eq!(fs::read(base.join(gnu_long())).unwrap(), b"gnu");
+    assert_eq!(
+        fs::read_link(base.join(gnu_link())).unwrap(),
+        Path::new(&gnu_long())
+    );
     let latin = std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9");
     assert_eq!(fs::read(base.join(latin)).unwrap(), b"bytes");
     let mut v = [0u8; 64];

@@ -134,6 +134,16 @@ impl Layer {
         self.raw(h, name.as_bytes(), None, b"", &[])
     }
 
+    /// A file and a symlink with names too long for the header, written by
+    /// the tar crate as GNU long name / long link entries.
+    pub fn gnu_long(&mut self, name: &str, data: &[u8], link: &str, target: &str) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Regular, 0o644, data.len() as u64);
+        self.b.append_data(&mut h, name, data).unwrap();
+        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
+        self.b.append_link(&mut h, link, target).unwrap();
+        self
+    }
+
     pub fn finish(&mut self) -> Vec<u8> {
         let b = std::mem::replace(&mut self.b, tar::Builder::new(Vec::new()));
         b.into_inner().unwrap()
