@@ -31,5 +31,6 @@ pub mod namespace;
 pub mod options;
 pub mod overlay;
 pub mod readdir;
+pub mod store;
 pub mod sys;
 pub mod upper;
