@@ -562,6 +562,8 @@ fn bad_invocations_exit_1_with_a_message_and_mount_nothing() {
         (format!("{},fsync=2", f.opts()), &f.mnt, "fsync"),
         (format!("{},threaded=many", f.opts()), &f.mnt, "threaded"),
         ("lowerdir=".to_string(), &f.mnt, "lowerdir"),
+        (format!("{},timeout=-1", f.opts()), &f.mnt, "timeout"),
+        (f.opts(), &missing, "no-such-dir"),
     ];
     for (opts, mnt, needle) in cases {
         let r = cairnfs([OsStr::new("-o"), OsStr::new(&opts), mnt.as_os_str()]);
@@ -576,6 +578,16 @@ fn bad_invocations_exit_1_with_a_message_and_mount_nothing() {
         assert!(!is_mounted(mnt), "mounted anyway: {ctx}");
         assert!(cairnfs_pids(mnt).is_empty(), "process left: {ctx}");
     }
+    // An unknown flag.
+    let r = cairnfs([
+        OsStr::new("-x"),
+        OsStr::new("-o"),
+        OsStr::new(&f.opts()),
+        f.mnt_arg(),
+    ]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.describe());
+    assert!(r.stderr.contains("-x"), "{}", r.describe());
+    assert!(!is_mounted(&f.mnt));
     // No mountpoint at all.
     let r = cairnfs(["-o", &f.opts()]);
     assert_eq!(r.status.code(), Some(1), "{}", r.describe());
@@ -583,6 +595,18 @@ fn bad_invocations_exit_1_with_a_message_and_mount_nothing() {
     // The layers were not touched.
     assert_eq!(common::names(&f.upper), ["sub", "work"]);
     assert_eq!(common::names(&f.lower), ["dir", "gone", "hello"]);
+}
+
+#[test]
+fn help_and_version_exit_0_without_mounting() {
+    for flag in ["-h", "--help"] {
+        let r = cairnfs([flag]);
+        assert!(r.ok(), "{}", r.describe());
+        assert!(r.stdout.contains("lowerdir="), "{}", r.describe());
+    }
+    let r = cairnfs(["-V"]);
+    assert!(r.ok(), "{}", r.describe());
+    assert!(r.stdout.starts_with("cairnfs "), "{}", r.describe());
 }
 
 #[test]
