@@ -337,7 +337,6 @@ fn daemonizes_and_returns_once_the_mount_is_live() {
 }
 
 #[test]
-#[ignore = "cairnfs bug: Subtype(\"cairnfs\") is not passed to the kernel; fs type shows as plain `fuse`"]
 fn mount_type_is_fuse_cairnfs() {
     require_root!();
     let f = Fixture::new();

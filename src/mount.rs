@@ -74,7 +74,9 @@ pub fn fuser_config(opts: &MountOptions) -> Config {
     let mut c = Config::default();
     let mut mo = vec![
         MountOption::FSName("cairnfs".into()),
-        MountOption::Subtype("cairnfs".into()),
+        // The kernel takes the subtype as a mount option: the mount then
+        // shows as `fuse.cairnfs` (fuser's own Subtype only names the source).
+        MountOption::CUSTOM("subtype=cairnfs".into()),
         MountOption::DefaultPermissions,
     ];
     if !opts.writable() {
