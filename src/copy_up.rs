@@ -32,7 +32,7 @@ impl Overlay {
         }
         let parent_fd = self.upper_dir(node.parent)?;
         let (ppath, name) = Overlay::split(&path);
-        let st = self.copy_object(self.layer(node.top())?, ppath, name, &parent_fd, true)?;
+        let st = self.copy_object(self.layer(node.top())?, ppath, name, &parent_fd, true, None)?;
         let mut t = self.write_nodes();
         t.add_backing(ino, (UPPER, st.st_ino));
         if let Some(n) = t.get_mut(ino) {
@@ -55,7 +55,14 @@ impl Overlay {
         let parent_fd = self.upper_dir(node.parent)?;
         let (_, path) = self.node_path(ino)?;
         let (ppath, name) = Overlay::split(&path);
-        let st = self.copy_object(self.layer(node.top())?, ppath, name, &parent_fd, data)?;
+        let st = self.copy_object(
+            self.layer(node.top())?,
+            ppath,
+            name,
+            &parent_fd,
+            data,
+            Some(ino),
+        )?;
         let mut t = self.write_nodes();
         t.add_backing(ino, (UPPER, st.st_ino));
         if let Some(n) = t.get_mut(ino) {
@@ -73,12 +80,16 @@ impl Overlay {
         name: &OsStr,
         dst_parent: &OwnedFd,
         data: bool,
+        origin: Option<Ino>,
     ) -> Result<Stat> {
         let work = self.work()?;
         let src_dir = src.dir(ppath)?;
         let st = stat_at(&src_dir, name)?;
         let tmp = work.temp_name();
         let built = self.build_copy(&src_dir, name, &st, work.fd(), &tmp, data);
+        if let (Ok(()), Some(ino)) = (&built, origin) {
+            work.write_origin(work.fd(), &tmp, ino);
+        }
         let installed = built.and_then(|()| {
             work.install(&tmp, dst_parent, name, fmt_of(&st) == libc::S_IFDIR, false)
         });

@@ -130,16 +130,17 @@ impl NodeTable {
     }
 
     /// The number a backing object has or would get, without registering it.
-    pub fn ino_for(&self, layer: LayerId, st_ino: u64) -> Ino {
+    pub fn ino_for(&self, layer: LayerId, st_ino: u64, origin: Option<Ino>) -> Ino {
         if let Some(&i) = self.by_backing.get(&(layer, st_ino)) {
             return i;
         }
-        derived(layer, st_ino).unwrap_or(0)
+        origin.or_else(|| derived(layer, st_ino)).unwrap_or(0)
     }
 
     /// Finds or creates the node for `(parent, name)` backed by `(layer,
     /// st_ino)`, refreshes its location, and counts one kernel lookup when
     /// `count` is set.
+    #[allow(clippy::too_many_arguments)]
     pub fn upsert(
         &mut self,
         parent: Ino,
@@ -147,6 +148,7 @@ impl NodeTable {
         fmt: u32,
         layers: Vec<LayerId>,
         identity: (LayerId, u64),
+        preferred: Option<Ino>,
         count: bool,
     ) -> Ino {
         let key = (parent, name.to_os_string());
@@ -159,9 +161,13 @@ impl NodeTable {
         let ino = match existing {
             Some(i) => i,
             None => {
-                let ino = match derived(identity.0, identity.1) {
-                    Some(i) if !self.nodes.contains_key(&i) => i,
-                    _ => self.dynamic(),
+                let free = |i: &Ino| *i > ROOT && !self.nodes.contains_key(i);
+                let ino = match preferred
+                    .filter(free)
+                    .or_else(|| derived(identity.0, identity.1).filter(free))
+                {
+                    Some(i) => i,
+                    None => self.dynamic(),
                 };
                 self.nodes.insert(
                     ino,
@@ -324,11 +330,27 @@ mod tests {
     #[test]
     fn numbers_are_derived_and_stable_across_copy_up() {
         let mut t = NodeTable::new(vec![0, 1]);
-        let a = t.upsert(ROOT, OsStr::new("a"), libc::S_IFREG, vec![1], (1, 42), true);
+        let a = t.upsert(
+            ROOT,
+            OsStr::new("a"),
+            libc::S_IFREG,
+            vec![1],
+            (1, 42),
+            None,
+            true,
+        );
         assert_eq!(a, (2 << 48) | 42);
         // copy-up: the upper identity joins the same node
         t.add_backing(a, (0, 7));
-        let again = t.upsert(ROOT, OsStr::new("a"), libc::S_IFREG, vec![0], (0, 7), true);
+        let again = t.upsert(
+            ROOT,
+            OsStr::new("a"),
+            libc::S_IFREG,
+            vec![0],
+            (0, 7),
+            None,
+            true,
+        );
         assert_eq!(again, a);
         assert_eq!(t.path(a).unwrap(), PathBuf::from("a"));
         t.forget(a, 2);
@@ -338,10 +360,26 @@ mod tests {
     #[test]
     fn unlinked_identity_is_not_reused() {
         let mut t = NodeTable::new(vec![0]);
-        let a = t.upsert(ROOT, OsStr::new("a"), libc::S_IFREG, vec![0], (0, 9), true);
+        let a = t.upsert(
+            ROOT,
+            OsStr::new("a"),
+            libc::S_IFREG,
+            vec![0],
+            (0, 9),
+            None,
+            true,
+        );
         t.remove_name(ROOT, OsStr::new("a"));
         // The upper inode 9 is recycled for a new file while `a` is still open.
-        let b = t.upsert(ROOT, OsStr::new("b"), libc::S_IFREG, vec![0], (0, 9), true);
+        let b = t.upsert(
+            ROOT,
+            OsStr::new("b"),
+            libc::S_IFREG,
+            vec![0],
+            (0, 9),
+            None,
+            true,
+        );
         assert_ne!(a, b);
         assert!(t.get(a).unwrap().unlinked);
     }

@@ -146,6 +146,7 @@ impl Overlay {
             layers: vec![UPPER],
             st,
             identity: (UPPER, st.st_ino),
+            origin: None,
         };
         Ok((self.register(parent, name, found, true), fd))
     }
@@ -331,6 +332,7 @@ impl Overlay {
             layers: vec![UPPER],
             st,
             identity: (UPPER, st.st_ino),
+            origin: None,
         };
         Ok(self.register(newparent, newname, found, true))
     }
@@ -467,7 +469,15 @@ impl Overlay {
         // Not known to the kernel: register it just long enough to copy it.
         let ino = {
             let mut t = self.write_nodes();
-            t.upsert(parent, name, f.fmt, f.layers.clone(), f.identity, true)
+            t.upsert(
+                parent,
+                name,
+                f.fmt,
+                f.layers.clone(),
+                f.identity,
+                f.origin,
+                true,
+            )
         };
         let r = self.copy_up(ino, true);
         self.write_nodes().forget(ino, 1);

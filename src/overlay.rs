@@ -53,6 +53,8 @@ pub(crate) struct Found {
     /// The identity that names the node: the object itself for non-dirs,
     /// the topmost lower dir for merged dirs (stable across copy-up).
     pub identity: (LayerId, u64),
+    /// The inode number recorded at copy-up, for an upper non-directory.
+    pub origin: Option<u64>,
 }
 
 pub struct Overlay {
@@ -215,11 +217,16 @@ impl Overlay {
                         format::apply_override(&mut st, &o);
                     }
                     let shown_fmt = st.st_mode & libc::S_IFMT;
+                    let origin = match (&self.work, lid, fmt) {
+                        (Some(w), UPPER, f) if f != libc::S_IFDIR => w.read_origin(&dir, name),
+                        _ => None,
+                    };
                     found = Some(Found {
                         fmt: shown_fmt,
                         layers: vec![lid],
                         st,
                         identity: (lid, st.st_ino),
+                        origin,
                     });
                     if fmt != libc::S_IFDIR {
                         break;
@@ -288,7 +295,7 @@ impl Overlay {
         let merged = f.layers.len() > 1;
         let ino = self
             .write_nodes()
-            .upsert(parent, name, f.fmt, f.layers, f.identity, count);
+            .upsert(parent, name, f.fmt, f.layers, f.identity, f.origin, count);
         self.attr(ino, f.st, merged)
     }
 

@@ -31,6 +31,8 @@ pub(crate) struct Raw {
     d_ino: u64,
     /// A directory first seen in the upper layer that also has a lower dir.
     merged_below: bool,
+    /// The origin inode number of a copied-up file.
+    origin: Option<u64>,
 }
 
 /// Entries handed to the adapter per readdir call (it fills one reply buffer).
@@ -121,7 +123,12 @@ impl Overlay {
                     continue;
                 }
                 seen.insert(name.to_os_string());
+                let origin = match (&self.work, lid) {
+                    (Some(w), UPPER) if ft != FileType::Directory => w.read_origin(&dir, name),
+                    _ => None,
+                };
                 raw.push(Raw {
+                    origin,
                     name: name.to_os_string(),
                     fmt: fmt_of_type(ft),
                     layer: lid,
@@ -160,7 +167,7 @@ impl Overlay {
                         resolve_later.push(out.len());
                         0
                     }
-                    None => t.ino_for(r.layer, r.d_ino),
+                    None => t.ino_for(r.layer, r.d_ino, r.origin),
                 };
                 out.push(DirEntry {
                     ino,
@@ -172,7 +179,7 @@ impl Overlay {
         for i in resolve_later {
             let e: &mut DirEntry = &mut out[i];
             e.ino = match self.resolve(parent_path, parent_layers, &e.name) {
-                Ok(Some(f)) => self.read_nodes().ino_for(f.identity.0, f.identity.1),
+                Ok(Some(f)) => self.read_nodes().ino_for(f.identity.0, f.identity.1, None),
                 _ => 0,
             };
         }

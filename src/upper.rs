@@ -32,6 +32,9 @@ pub struct Work {
     /// The opaque xattr kernel overlayfs reads at our privilege, or None when
     /// the filesystem takes no such xattr (then `.wh..wh..opq` is written).
     pub opaque_xattr: Option<&'static str>,
+    /// Where a copied-up file keeps the inode number it had below, so the
+    /// number survives remounts (hidden like every `overlay.` xattr).
+    pub origin_xattr: Option<&'static str>,
 }
 
 impl Work {
@@ -69,11 +72,19 @@ impl Work {
             }
         }
         rustix::fs::unlinkat(dir.root(), probe, AtFlags::REMOVEDIR)?;
+        let origin_xattr = opaque_xattr.map(|x| {
+            if x.starts_with("trusted.") {
+                "trusted.overlay.cairn.origin"
+            } else {
+                "user.overlay.cairn.origin"
+            }
+        });
         Ok(Work {
             dir,
             counter: AtomicU64::new(0),
             whiteout,
             opaque_xattr,
+            origin_xattr,
         })
     }
 
@@ -81,6 +92,27 @@ impl Work {
     pub fn temp_name(&self) -> OsString {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         OsString::from(format!("#{:x}.{}", n, std::process::id()))
+    }
+
+    /// The origin inode number recorded on `name` in `dir`, if any.
+    pub fn read_origin(&self, dir: &impl AsFd, name: &OsStr) -> Option<u64> {
+        let x = self.origin_xattr?;
+        let mut buf = [0u8; 24];
+        let n = rustix::fs::lgetxattr(proc_path(dir, name), x, &mut buf[..]).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+    }
+
+    /// Records the origin inode number on `name` in `dir` (best effort: a
+    /// filesystem without xattrs only loses stability across remounts).
+    pub fn write_origin(&self, dir: &impl AsFd, name: &OsStr, ino: u64) {
+        if let Some(x) = self.origin_xattr {
+            let _ = rustix::fs::lsetxattr(
+                proc_path(dir, name),
+                x,
+                ino.to_string().as_bytes(),
+                XattrFlags::empty(),
+            );
+        }
     }
 
     pub fn fd(&self) -> &OwnedFd {

@@ -1,0 +1,226 @@
+//! Semantics where fuse-overlayfs falls short (issue 4): stable inode
+//! numbers, owner rights on read-only files, changes made directly in the
+//! layers, sparse copy-up, recreated opaque dirs and overlapping paths.
+
+mod common;
+
+use std::fs::{self, File};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn mount_with(lower: &Path, upper: &Path, work: &Path, opts: &[&str]) -> TestOverlay {
+    opts.iter()
+        .fold(
+            TestOverlay::builder().lower(lower).upper(upper, work),
+            |b, o| b.option(*o),
+        )
+        .mount()
+        .expect("mount")
+}
+
+#[test]
+fn inode_numbers_survive_copy_up_and_remount() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    let (upper, work) = (t.dir("upper"), t.dir("work"));
+    write(lower.join("f"), "f");
+    write(lower.join("d/g"), "g");
+    let m = mount_with(&lower, &upper, &work, &["timeout=0"]);
+    let f0 = ino(m.path().join("f"));
+    let d0 = ino(m.path().join("d"));
+    let g0 = ino(m.path().join("d/g"));
+    write(m.path().join("f"), "changed");
+    write(m.path().join("d/g"), "changed");
+    write(m.path().join("d/new"), "new");
+    let new0 = ino(m.path().join("d/new"));
+    assert_eq!(
+        (ino(m.path().join("f")), ino(m.path().join("d/g"))),
+        (f0, g0)
+    );
+    drop(m);
+    let m = mount_with(&lower, &upper, &work, &["timeout=0"]);
+    assert_eq!(ino(m.path().join("f")), f0, "file after remount");
+    assert_eq!(ino(m.path().join("d")), d0, "dir after remount");
+    assert_eq!(ino(m.path().join("d/g")), g0);
+    assert_eq!(ino(m.path().join("d/new")), new0);
+    // readdir agrees with stat.
+    for e in fs::read_dir(m.path().join("d")).unwrap() {
+        let e = e.unwrap();
+        use std::os::unix::fs::DirEntryExt;
+        assert_eq!(e.ino(), ino(e.path()), "{:?}", e.path());
+    }
+}
+
+#[test]
+fn owners_keep_their_rights_on_read_only_lower_files() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    write(lower.join("home/ro-file"), "ro\n");
+    write(lower.join("home/sed-me"), "old line\n");
+    write(lower.join("home/locked/inner"), "i\n");
+    fs::set_permissions(
+        lower.join("home/ro-file"),
+        fs::Permissions::from_mode(0o444),
+    )
+    .unwrap();
+    fs::set_permissions(lower.join("home/locked"), fs::Permissions::from_mode(0o555)).unwrap();
+    Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(lower.join("home"))
+        .status()
+        .unwrap();
+    let m = TestOverlay::builder()
+        .lower(&lower)
+        .option("allow_other")
+        .option("timeout=0")
+        .mount()
+        .unwrap();
+    let mut dir = m.path().parent();
+    while let Some(d) = dir {
+        if d == Path::new("/") || d == std::env::temp_dir() {
+            break;
+        }
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        dir = d.parent();
+    }
+    let home = m.path().join("home");
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&home)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // As on a plain filesystem: the owner may chmod, rename and delete a
+    // 0444 file in a directory it can write, and edit one with sed -i.
+    assert!(sh("chmod 0600 ro-file && chmod 0444 ro-file").0);
+    assert!(sh("mv ro-file renamed && rm -f renamed").0);
+    let (ok, err) = sh("sed -i s/old/new/ sed-me");
+    assert!(ok, "sed -i: {err}");
+    assert_eq!(read(home.join("sed-me")), "new line\n");
+    // In a 0555 directory deleting fails, as it would on a plain
+    // filesystem, until the owner makes the directory writable.
+    assert!(!sh("rm -f locked/inner").0);
+    assert!(sh("chmod 0755 locked && rm -f locked/inner").0);
+    assert!(names(home.join("locked")).is_empty());
+    assert_eq!(names(&home), ["locked", "sed-me"]);
+}
+
+#[test]
+fn changes_made_directly_in_the_layers_are_seen() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    let (upper, work) = (t.dir("upper"), t.dir("work"));
+    write(lower.join("old"), "o");
+    let m = mount_with(&lower, &upper, &work, &["timeout=0"]);
+    assert_eq!(names(m.path()), ["old"]);
+    write(lower.join("added-below"), "a");
+    write(upper.join("added-above"), "b");
+    fs::remove_file(lower.join("old")).unwrap();
+    assert_eq!(names(m.path()), ["added-above", "added-below"]);
+    assert_eq!(read(m.path().join("added-below")), "a");
+    assert!(fs::metadata(m.path().join("old")).is_err());
+    drop(m);
+    // With the default timeout (1 s) the change shows once it expires.
+    let m = mount_with(&lower, &upper, &work, &[]);
+    assert!(fs::metadata(m.path().join("late")).is_err());
+    write(lower.join("late"), "l");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(read(m.path().join("late")), "l");
+}
+
+#[test]
+fn sparse_files_stay_sparse_after_copy_up() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    let f = File::create(lower.join("sparse")).unwrap();
+    f.set_len(256 << 20).unwrap();
+    rustix::io::pwrite(&f, b"middle", 128 << 20).unwrap();
+    drop(f);
+    let lower_blocks = fs::metadata(lower.join("sparse")).unwrap().blocks();
+    let m = TestOverlay::new(&[&lower]).unwrap();
+    let w = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path().join("sparse"))
+        .unwrap();
+    drop(w);
+    let up = fs::metadata(m.upper().join("sparse")).unwrap();
+    assert_eq!(up.len(), 256 << 20);
+    assert!(
+        up.blocks() <= lower_blocks + 8,
+        "copy-up filled holes: {} blocks vs {lower_blocks}",
+        up.blocks()
+    );
+    let mut buf = [0u8; 6];
+    let r = File::open(m.path().join("sparse")).unwrap();
+    rustix::io::pread(&r, &mut buf, 128 << 20).unwrap();
+    assert_eq!(&buf, b"middle");
+}
+
+#[test]
+fn deleting_lower_objects_copies_no_data() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    let big = File::create(lower.join("big")).unwrap();
+    big.set_len(64 << 20).unwrap();
+    rustix::io::pwrite(&big, &vec![1u8; 1 << 20], 0).unwrap();
+    drop(big);
+    write(lower.join("target"), "t");
+    write(lower.join("dir/x"), "x");
+    let m = TestOverlay::new(&[&lower]).unwrap();
+    fs::remove_file(m.path().join("big")).unwrap();
+    fs::remove_dir_all(m.path().join("dir")).unwrap();
+    write(m.path().join("src"), "s");
+    fs::rename(m.path().join("src"), m.path().join("target")).unwrap();
+    assert_eq!(read(m.path().join("target")), "s");
+    let used: u64 = fs::read_dir(m.upper())
+        .unwrap()
+        .map(|e| fs::symlink_metadata(e.unwrap().path()).unwrap().blocks())
+        .sum();
+    assert!(used <= 16, "upper holds {used} blocks");
+}
+
+#[test]
+fn overlapping_layouts_are_refused_at_mount() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    let inner = t.dir("lower/inner");
+    let (upper, work) = (t.dir("upper"), t.dir("work"));
+    let nested_work = t.dir("upper/w");
+    let bad = [
+        TestOverlay::builder().lower(&lower).lower(&inner).mount(),
+        TestOverlay::builder()
+            .lower(&lower)
+            .upper(&inner, &work)
+            .mount(),
+        TestOverlay::builder()
+            .lower(&lower)
+            .upper(&upper, &nested_work)
+            .mount(),
+    ];
+    for (i, r) in bad.into_iter().enumerate() {
+        let e = r.err().unwrap_or_else(|| panic!("layout {i} was accepted"));
+        assert!(
+            e.to_string().contains("overlap") || e.to_string().contains("inside"),
+            "{e}"
+        );
+    }
+}
