@@ -66,21 +66,39 @@ fn timespec(t: Option<SetTime>) -> Timespec {
 }
 
 impl Overlay {
-    pub fn setattr(&self, ino: Ino, a: SetAttr) -> Result<Attr> {
+    pub fn setattr(&self, ino: Ino, mut a: SetAttr) -> Result<Attr> {
+        let ids = &self.settings.ids;
+        // Squashed owners have no inverse: a chown keeps the stored owner.
+        a.uid = match a.uid {
+            Some(_) if ids.squashes_uid() => None,
+            Some(u) => Some(ids.disk_uid(u).ok_or(Errno::INVAL)?),
+            None => None,
+        };
+        a.gid = match a.gid {
+            Some(_) if ids.squashes_gid() => None,
+            Some(g) => Some(ids.disk_gid(g).ok_or(Errno::INVAL)?),
+            None => None,
+        };
         {
             let _ns = self.lock_ns();
             self.copy_up(ino, a.size != Some(0))?;
             let (node, path) = self.node_path(ino)?;
             let (ppath, name) = Overlay::split(&path);
             let dir = self.upper_layer()?.dir(ppath)?;
-            // Devices kept as plain files (0:0 char devices) carry their
-            // shown type, owner and mode in override_stat.
-            let over = if node.fmt != libc::S_IFREG && node.fmt != libc::S_IFDIR {
-                format::read_override(&dir, name)
-            } else {
-                None
-            };
-            if let Some(mut o) = over {
+            // Objects whose owner and mode live in an override xattr (devices
+            // kept as plain files, `xattr_permissions=`) change the xattr.
+            let st = crate::layer::stat_at(&dir, name)?;
+            let over = self.read_overrides(&dir, name, &st).or_else(|| {
+                let x = self.settings.override_xattr?;
+                let o = format::OverrideStat {
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                    perm: st.st_mode & 0o7777,
+                    kind: None,
+                };
+                (node.fmt != libc::S_IFLNK).then_some((o, x))
+            });
+            if let Some((mut o, xattr)) = over {
                 // The object is stored as a plain file: change the override.
                 if let Some(m) = a.mode {
                     o.perm = m & 0o7777;
@@ -93,7 +111,7 @@ impl Overlay {
                 }
                 rustix::fs::lsetxattr(
                     proc_path(&dir, name),
-                    format::OVERRIDE_STAT,
+                    xattr,
                     o.format().as_bytes(),
                     XattrFlags::empty(),
                 )?;

@@ -177,9 +177,23 @@ pub fn makedev(ma: u32, mi: u32) -> u64 {
 
 /// Reads `override_stat` of `name` in `parent`, if set and well-formed.
 pub fn read_override(parent: &impl AsFd, name: &OsStr) -> Option<OverrideStat> {
+    read_override_xattr(parent, name, OVERRIDE_STAT)
+}
+
+/// Reads an override kept in the xattr `xattr`.
+pub fn read_override_xattr(parent: &impl AsFd, name: &OsStr, xattr: &str) -> Option<OverrideStat> {
     let mut buf = [0u8; 128];
-    let n = rustix::fs::lgetxattr(proc_path(parent, name), OVERRIDE_STAT, &mut buf[..]).ok()?;
+    let n = rustix::fs::lgetxattr(proc_path(parent, name), xattr, &mut buf[..]).ok()?;
     OverrideStat::parse(&buf[..n])
+}
+
+/// Where `xattr_permissions=1|2` keeps owners and modes.
+pub fn override_xattr_for(level: u8) -> Option<&'static str> {
+    match level {
+        1 => Some("security.fuseoverlayfs.override_stat"),
+        2 => Some(OVERRIDE_STAT),
+        _ => None,
+    }
 }
 
 /// Applies an override to a stat of the backing file.

@@ -24,6 +24,7 @@ pub mod format;
 pub mod fuse;
 pub mod handle;
 pub mod harness;
+pub mod ids;
 pub mod inode;
 pub mod layer;
 pub mod mount;

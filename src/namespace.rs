@@ -95,10 +95,12 @@ impl Overlay {
         }
         let pst = rustix::fs::fstat(&pfd)?;
         let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let ids = &self.settings.ids;
+        let uid = ids.disk_uid(caller.uid).unwrap_or(caller.uid);
         let gid = if setgid_parent {
             pst.st_gid
         } else {
-            caller.gid
+            ids.disk_gid(caller.gid).unwrap_or(caller.gid)
         };
         let mut perm = mode & 0o7777 & !umask;
         let is_dir = matches!(what, NewObject::Dir);
@@ -112,7 +114,7 @@ impl Overlay {
         } else {
             (work.fd(), &tmp)
         };
-        let built = self.build_new(caller.uid, gid, perm, mode, &what, dirfd, at);
+        let built = self.build_new(uid, gid, perm, mode, &what, dirfd, at);
         let fd = match built {
             Ok(fd) => fd,
             Err(e) => {
@@ -228,18 +230,29 @@ impl Overlay {
         if !is_link && perm & (libc::S_ISUID | libc::S_ISGID) != 0 {
             rustix::fs::chmodat(dirfd, at, m, AtFlags::empty())?;
         }
+        if let Some(x) = self.settings.override_xattr
+            && !is_link
+        {
+            let o = OverrideStat {
+                uid,
+                gid,
+                perm,
+                kind: None,
+            };
+            rustix::fs::lsetxattr(
+                proc_path(dirfd, at),
+                x,
+                o.format().as_bytes(),
+                XattrFlags::empty(),
+            )?;
+        }
         Ok(fd)
     }
 
     /// Stat of `name` in `dir` as the mount shows it (override applied).
     pub(crate) fn stat_shown(&self, dir: &OwnedFd, name: &OsStr) -> Result<rustix::fs::Stat> {
         let mut st = stat_at(dir, name)?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFREG
-            && st.st_size == 0
-            && let Some(o) = format::read_override(dir, name)
-        {
-            format::apply_override(&mut st, &o);
-        }
+        self.apply_overrides(dir, name, &mut st);
         Ok(st)
     }
 

@@ -41,6 +41,10 @@ pub struct Settings {
     /// Entry and attribute cache time given to the kernel.
     pub timeout: Duration,
     pub static_nlink: bool,
+    /// Owner translation between the layers and the mount.
+    pub ids: crate::ids::IdMapper,
+    /// `xattr_permissions=`: owners and modes kept in this xattr.
+    pub override_xattr: Option<&'static str>,
 }
 
 /// One resolved name: where it lives and what it is.
@@ -125,6 +129,8 @@ impl Overlay {
                 fsync: opts.fsync,
                 timeout: opts.timeout,
                 static_nlink: opts.static_nlink,
+                ids: crate::ids::IdMapper::from_options(opts),
+                override_xattr: format::override_xattr_for(opts.xattr_permissions),
             },
         })
     }
@@ -210,12 +216,7 @@ impl Overlay {
             match &mut found {
                 None => {
                     let mut st = st;
-                    if fmt == libc::S_IFREG
-                        && st.st_size == 0
-                        && let Some(o) = format::read_override(&dir, name)
-                    {
-                        format::apply_override(&mut st, &o);
-                    }
+                    self.apply_overrides(&dir, name, &mut st);
                     let shown_fmt = st.st_mode & libc::S_IFMT;
                     let origin = match (&self.work, lid, fmt) {
                         (Some(w), UPPER, f) if f != libc::S_IFDIR => w.read_origin(&dir, name),
@@ -305,6 +306,11 @@ impl Overlay {
             st.st_nlink = 1;
         }
         st.st_ino = ino;
+        let ids = &self.settings.ids;
+        if !ids.is_identity() {
+            st.st_uid = ids.shown_uid(st.st_uid);
+            st.st_gid = ids.shown_gid(st.st_gid);
+        }
         Attr { ino, st }
     }
 
@@ -314,13 +320,34 @@ impl Overlay {
         let layer = self.layer(node.top())?;
         let dir = layer.dir(ppath)?;
         let mut st = stat_at(&dir, name)?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFREG
-            && st.st_size == 0
-            && let Some(o) = format::read_override(&dir, name)
-        {
-            format::apply_override(&mut st, &o);
-        }
+        self.apply_overrides(&dir, name, &mut st);
         Ok(st)
+    }
+
+    /// The override of `name` in `dir` and the xattr it lives in: the
+    /// `xattr_permissions` one, or containers/storage's on an empty file.
+    pub(crate) fn read_overrides(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        st: &Stat,
+    ) -> Option<(format::OverrideStat, &'static str)> {
+        if let Some(x) = self.settings.override_xattr
+            && let Some(o) = format::read_override_xattr(dir, name, x)
+        {
+            return Some((o, x));
+        }
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0 {
+            return format::read_override(dir, name).map(|o| (o, format::OVERRIDE_STAT));
+        }
+        None
+    }
+
+    /// Applies any override to a stat of `name` in `dir`.
+    pub(crate) fn apply_overrides(&self, dir: &OwnedFd, name: &OsStr, st: &mut Stat) {
+        if let Some((o, _)) = self.read_overrides(dir, name, st) {
+            format::apply_override(st, &o);
+        }
     }
 
     pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> Result<Attr> {
