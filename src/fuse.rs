@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::attr::{SetAttr, SetTime};
@@ -94,6 +95,27 @@ pub fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Attributes of a negative entry (node id 0).
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
@@ -106,6 +128,9 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // READDIRPLUS when a walk follows the listing (the kernel decides).
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -113,6 +138,10 @@ impl Filesystem for FuseAdapter {
         self.log(format_args!("lookup {} {:?}", parent.0, name));
         match self.overlay.lookup(parent.0, name) {
             Ok(a) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
+            // A negative entry lets the kernel cache the miss for the timeout.
+            Err(rustix::io::Errno::NOENT) if !self.ttl().is_zero() => {
+                reply.entry(&self.ttl(), &negative_attr(), Generation(0))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -405,6 +434,47 @@ impl Filesystem for FuseAdapter {
             }
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let list = match self.overlay.readdir(fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let ttl = self.ttl();
+        for (off, e) in list {
+            let dots = e.name == "." || e.name == "..";
+            // The kernel counts a lookup for every entry but `.` and `..`.
+            let attr = if dots {
+                self.overlay.getattr(e.ino, None)
+            } else {
+                self.overlay.lookup(ino.0, &e.name)
+            };
+            let Ok(a) = attr else {
+                continue; // gone since the listing was taken
+            };
+            if reply.add(
+                INodeNo(a.ino),
+                off,
+                &e.name,
+                &ttl,
+                &file_attr(&a),
+                Generation(0),
+            ) {
+                if !dots {
+                    self.overlay.forget(a.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
     }
 
     fn releasedir(

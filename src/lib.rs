@@ -19,6 +19,7 @@
 
 pub mod attr;
 pub mod copy_up;
+pub mod dircache;
 pub mod error;
 pub mod format;
 pub mod fuse;

@@ -69,6 +69,17 @@ pub fn check_layout(opts: &MountOptions, mountpoint: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Lifts the soft open-file limit to the hard one: copy-ups, open files
+/// and the directory-fd cache all hold descriptors.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
 /// The `fuser` configuration for these options.
 pub fn fuser_config(opts: &MountOptions) -> Config {
     let mut c = Config::default();
@@ -121,6 +132,7 @@ pub fn mount(
     check_layout(opts, mountpoint)?;
     // Modes of new objects come from the request, not from our umask.
     rustix::process::umask(rustix::fs::Mode::empty());
+    raise_fd_limit();
     let overlay = Arc::new(Overlay::new(opts)?);
     let fs = FuseAdapter::new(overlay.clone(), debug);
     let session = fuser::Session::new(fs, mountpoint, &fuser_config(opts)).map_err(Error::Mount)?;

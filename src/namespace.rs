@@ -85,7 +85,7 @@ impl Overlay {
         let work = self.work()?;
         let _ns = self.lock_ns();
         let (pnode, ppath) = self.dir_node(parent)?;
-        if self.resolve(&ppath, &pnode.layers, name)?.is_some() {
+        if self.resolve(parent, &ppath, &pnode.layers, name)?.is_some() {
             return Err(Errno::EXIST);
         }
         let pfd = self.upper_dir(parent)?;
@@ -270,7 +270,7 @@ impl Overlay {
         let _ns = self.lock_ns();
         let (pnode, ppath) = self.dir_node(parent)?;
         let found = self
-            .resolve(&ppath, &pnode.layers, name)?
+            .resolve(parent, &ppath, &pnode.layers, name)?
             .ok_or(Errno::NOENT)?;
         let is_dir = found.fmt == libc::S_IFDIR;
         if dir && !is_dir {
@@ -295,6 +295,10 @@ impl Overlay {
         } else {
             work.whiteout(&pfd, name)?;
         }
+        let child = self.read_nodes().child(parent, name);
+        if let Some(c) = child.filter(|_| is_dir) {
+            self.forget_dir_fds(c);
+        }
         self.write_nodes().remove_name(parent, name);
         Ok(())
     }
@@ -316,7 +320,10 @@ impl Overlay {
             return Err(Errno::PERM);
         }
         let (pnode, ppath) = self.dir_node(newparent)?;
-        if self.resolve(&ppath, &pnode.layers, newname)?.is_some() {
+        if self
+            .resolve(newparent, &ppath, &pnode.layers, newname)?
+            .is_some()
+        {
             return Err(Errno::EXIST);
         }
         self.copy_up(ino, true)?;
@@ -375,9 +382,9 @@ impl Overlay {
         let (spnode, sppath) = self.dir_node(parent)?;
         let (dpnode, dppath) = self.dir_node(newparent)?;
         let src = self
-            .resolve(&sppath, &spnode.layers, name)?
+            .resolve(parent, &sppath, &spnode.layers, name)?
             .ok_or(Errno::NOENT)?;
-        let dst = self.resolve(&dppath, &dpnode.layers, newname)?;
+        let dst = self.resolve(newparent, &dppath, &dpnode.layers, newname)?;
         if parent == newparent && name == newname {
             return Ok(());
         }
@@ -456,6 +463,9 @@ impl Overlay {
         }
         if src_lower {
             work.whiteout(&spfd, name)?;
+        }
+        if let Some(d) = dst_ino.filter(|_| dst.as_ref().is_some_and(|d| d.fmt == libc::S_IFDIR)) {
+            self.forget_dir_fds(d);
         }
         let mut t = self.write_nodes();
         t.remove_name(newparent, newname);

@@ -38,6 +38,8 @@ pub struct MountOptions {
     pub noacl: bool,
     pub xattr_permissions: u8,
     pub threads: Option<usize>,
+    /// Directory fds kept open to speed up lookups (`dir_cache=N`).
+    pub dir_cache: usize,
     pub context: Option<String>,
     /// Options cairnfs does not know; warned about, as fuse-overlayfs does.
     pub unknown: Vec<String>,
@@ -45,6 +47,9 @@ pub struct MountOptions {
 
 /// The default entry/attr cache time. Short, so that changes made directly
 /// in the layers show up soon; `timeout=0` shows them at once.
+/// Directory fds cached by default: well under the usual 1024 fd limit.
+pub const DEFAULT_DIR_CACHE: usize = 512;
+
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Default for MountOptions {
@@ -70,6 +75,7 @@ impl Default for MountOptions {
             noacl: false,
             xattr_permissions: 0,
             threads: None,
+            dir_cache: DEFAULT_DIR_CACHE,
             context: None,
             unknown: Vec::new(),
         }
@@ -246,6 +252,7 @@ impl MountOptions {
                 let v: usize = number(key, &need(value)?)?;
                 self.threads = Some(v.clamp(1, 64));
             }
+            "dir_cache" => self.dir_cache = number(key, &need(value)?)?,
             "context" | "fscontext" | "defcontext" | "rootcontext" => {
                 self.context = Some(need(value)?)
             }

@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use rustix::fs::{FileType, Stat};
@@ -67,6 +67,8 @@ pub struct Overlay {
     pub(crate) work: Option<Work>,
     pub(crate) nodes: RwLock<NodeTable>,
     pub(crate) handles: Handles,
+    /// Recently used directory fds, so lookups do not walk paths again.
+    pub(crate) dir_cache: crate::dircache::DirCache,
     /// Serialises operations that change the namespace or copy up, so that
     /// each sees a stable tree; reads never take it.
     ns: Mutex<()>,
@@ -124,6 +126,7 @@ impl Overlay {
             work,
             nodes: RwLock::new(NodeTable::new(root_layers)),
             handles: Handles::default(),
+            dir_cache: crate::dircache::DirCache::new(opts.dir_cache),
             ns: Mutex::new(()),
             settings: Settings {
                 fsync: opts.fsync,
@@ -186,6 +189,7 @@ impl Overlay {
     /// Resolves `name` in the directory at `parent_path` held by `layers`.
     pub(crate) fn resolve(
         &self,
+        parent: Ino,
         parent_path: &Path,
         layers: &[LayerId],
         name: &OsStr,
@@ -193,7 +197,7 @@ impl Overlay {
         let mut found: Option<Found> = None;
         for (i, &lid) in layers.iter().enumerate() {
             let more_below = i + 1 < layers.len();
-            let dir = match self.layer(lid)?.dir(parent_path) {
+            let dir = match self.dir_fd(lid, parent, parent_path) {
                 Ok(d) => d,
                 // The directory went away in this layer behind our back.
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
@@ -286,7 +290,7 @@ impl Overlay {
             return Err(Errno::NOTDIR);
         }
         let found = self
-            .resolve(&ppath, &pnode.layers, name)?
+            .resolve(parent, &ppath, &pnode.layers, name)?
             .ok_or(Errno::NOENT)?;
         Ok(self.register(parent, name, found, true))
     }
@@ -317,9 +321,12 @@ impl Overlay {
     /// Stats the topmost object of a node (applying `override_stat`).
     pub(crate) fn stat_node(&self, node: &Node, path: &Path) -> Result<Stat> {
         let (ppath, name) = Self::split(path);
-        let layer = self.layer(node.top())?;
-        let dir = layer.dir(ppath)?;
-        let mut st = stat_at(&dir, name)?;
+        let dir = if path.as_os_str().is_empty() {
+            Arc::new(self.layer(node.top())?.dir(ppath)?)
+        } else {
+            self.dir_fd(node.top(), node.parent, ppath)?
+        };
+        let mut st = stat_at(&*dir, name)?;
         self.apply_overrides(&dir, name, &mut st);
         Ok(st)
     }
@@ -375,7 +382,31 @@ impl Overlay {
     }
 
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.write_nodes().forget(ino, n);
+        let gone_dir = {
+            let mut t = self.write_nodes();
+            let dir = t.get(ino).is_some_and(|n| n.is_dir());
+            t.forget(ino, n);
+            dir && t.get(ino).is_none()
+        };
+        if gone_dir {
+            self.forget_dir_fds(ino);
+        }
+    }
+
+    /// Drops cached fds of a directory node in every layer.
+    pub(crate) fn forget_dir_fds(&self, ino: Ino) {
+        self.dir_cache.forget(ino, 0..=self.lowers.len() as LayerId);
+    }
+
+    /// An `O_PATH` fd of directory node `ino` (at `path`) in layer `lid`,
+    /// from the cache when it is there.
+    pub(crate) fn dir_fd(&self, lid: LayerId, ino: Ino, path: &Path) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.dir_cache.get(lid, ino) {
+            return Ok(fd);
+        }
+        let fd = Arc::new(self.layer(lid)?.dir(path)?);
+        self.dir_cache.put(lid, ino, fd.clone());
+        Ok(fd)
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {

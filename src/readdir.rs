@@ -178,7 +178,7 @@ impl Overlay {
         }
         for i in resolve_later {
             let e: &mut DirEntry = &mut out[i];
-            e.ino = match self.resolve(parent_path, parent_layers, &e.name) {
+            e.ino = match self.resolve(parent, parent_path, parent_layers, &e.name) {
                 Ok(Some(f)) => self.read_nodes().ino_for(f.identity.0, f.identity.1, None),
                 _ => 0,
             };
