@@ -224,3 +224,70 @@ fn overlapping_layouts_are_refused_at_mount() {
         );
     }
 }
+
+#[test]
+fn metadata_changes_copy_up_metadata_only() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    let big = File::create(lower.join("big")).unwrap();
+    rustix::io::pwrite(&big, &vec![7u8; 8 << 20], 0).unwrap();
+    drop(big);
+    write(lower.join("small"), "small\n");
+    let before = tree_digest(&lower);
+    let m = TestOverlay::new(&[&lower]).unwrap();
+    let p = m.path();
+    let status = Command::new("chown")
+        .args(["-R", "1234:5678"])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::set_permissions(p.join("small"), fs::Permissions::from_mode(0o600)).unwrap();
+    // Metadata changed, data still read from below, nothing copied.
+    let md = fs::metadata(p.join("big")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.len()), (1234, 5678, 8 << 20));
+    assert!(md.blocks() >= (8 << 20) / 512, "st_blocks of the data");
+    assert_eq!(fs::read(p.join("big")).unwrap(), vec![7u8; 8 << 20]);
+    let up = fs::metadata(m.upper().join("big")).unwrap();
+    assert_eq!((up.uid(), up.blocks()), (1234, 0), "upper holds data");
+    assert_eq!(read(p.join("small")), "small\n");
+    assert_eq!(mode(p.join("small")) & 0o777, 0o600);
+    // The first write copies the data, keeping the new metadata.
+    let f = fs::OpenOptions::new()
+        .append(true)
+        .open(p.join("small"))
+        .unwrap();
+    rustix::io::write(&f, b"more\n").unwrap();
+    drop(f);
+    assert_eq!(read(p.join("small")), "small\nmore\n");
+    assert_eq!(read(m.upper().join("small")), "small\nmore\n");
+    let md = fs::metadata(p.join("small")).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o777), (1234, 0o600));
+    // Renaming and truncating a metacopy file keep the right data.
+    fs::rename(p.join("big"), p.join("big2")).unwrap();
+    assert_eq!(fs::read(p.join("big2")).unwrap().len(), 8 << 20);
+    assert!(fs::read(p.join("big2")).unwrap().iter().all(|&b| b == 7));
+    drop(m);
+    assert_eq!(before, tree_digest(&lower));
+}
+
+#[test]
+fn metacopy_files_are_read_correctly_after_remount() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    let (upper, work) = (t.dir("upper"), t.dir("work"));
+    write(lower.join("f"), "lower data\n");
+    let m = mount_with(&lower, &upper, &work, &["timeout=0"]);
+    fs::set_permissions(m.path().join("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    drop(m);
+    assert_eq!(fs::metadata(upper.join("f")).unwrap().blocks(), 0);
+    let m = mount_with(&lower, &upper, &work, &["timeout=0"]);
+    assert_eq!(read(m.path().join("f")), "lower data\n");
+    assert_eq!(mode(m.path().join("f")) & 0o777, 0o640);
+    write(m.path().join("f"), "new\n");
+    drop(m);
+    let m = mount_with(&lower, &upper, &work, &["timeout=0", "metacopy=off"]);
+    assert_eq!(read(m.path().join("f")), "new\n");
+}

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
-use crate::copy_up::{get_xattr, list_xattrs};
+use crate::copy_up::{CopyUp, get_xattr, list_xattrs};
 use crate::format::{self, is_private_xattr};
 use crate::inode::Ino;
 use crate::layer::{Result, proc_path};
@@ -81,7 +81,12 @@ impl Overlay {
         };
         {
             let _ns = self.lock_ns();
-            self.copy_up(ino, a.size != Some(0))?;
+            let what = match a.size {
+                Some(0) => CopyUp::Empty,
+                Some(_) => CopyUp::Full,
+                None => CopyUp::Meta,
+            };
+            self.copy_up(ino, what)?;
             let (node, path) = self.node_path(ino)?;
             let (ppath, name) = Overlay::split(&path);
             let dir = self.upper_layer()?.dir(ppath)?;
@@ -188,7 +193,7 @@ impl Overlay {
             return Err(Errno::PERM);
         }
         let _ns = self.lock_ns();
-        self.copy_up(ino, true)?;
+        self.copy_up(ino, CopyUp::Meta)?;
         self.with_object(ino, true, |p| {
             rustix::fs::lsetxattr(p, name, value, XattrFlags::from_bits_retain(flags as u32))
         })
@@ -202,7 +207,7 @@ impl Overlay {
         // Removing an xattr the object does not have changes nothing: answer
         // without copying up.
         self.with_object(ino, false, |p| get_xattr(p, name).map(drop))?;
-        self.copy_up(ino, true)?;
+        self.copy_up(ino, CopyUp::Meta)?;
         self.with_object(ino, true, |p| rustix::fs::lremovexattr(p, name))
     }
 

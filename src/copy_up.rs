@@ -15,6 +15,18 @@ use crate::inode::{Ino, ROOT, UPPER};
 use crate::layer::{Layer, Result, proc_path, stat_at};
 use crate::overlay::{Overlay, fmt_of};
 
+/// How much of a file a copy-up copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyUp {
+    /// Data and metadata.
+    Full,
+    /// Metadata only, with empty data (the caller truncates to 0).
+    Empty,
+    /// Metadata only, the data left below (kernel `metacopy`); becomes
+    /// `Full` when metacopy is off or not possible.
+    Meta,
+}
+
 /// Buffer size of the last-resort copy loop.
 const COPY_BUF: usize = 1 << 20;
 
@@ -32,7 +44,14 @@ impl Overlay {
         }
         let parent_fd = self.upper_dir(node.parent)?;
         let (ppath, name) = Overlay::split(&path);
-        let st = self.copy_object(self.layer(node.top())?, ppath, name, &parent_fd, true, None)?;
+        let st = self.copy_object(
+            self.layer(node.top())?,
+            ppath,
+            name,
+            &parent_fd,
+            CopyUp::Full,
+            None,
+        )?;
         let mut t = self.write_nodes();
         t.add_backing(ino, (UPPER, st.st_ino));
         if let Some(n) = t.get_mut(ino) {
@@ -42,11 +61,14 @@ impl Overlay {
         upper.dir(&path)
     }
 
-    /// Copies a node up if it is not in the upper layer yet. `data`: copy
-    /// the contents too (false when the caller truncates them anyway).
-    pub(crate) fn copy_up(&self, ino: Ino, data: bool) -> Result<()> {
+    /// Copies a node up if it is not in the upper layer yet, or completes a
+    /// metacopy file's data when `what` needs it.
+    pub(crate) fn copy_up(&self, ino: Ino, what: CopyUp) -> Result<()> {
         let node = self.node(ino)?;
         if node.in_upper() {
+            if node.is_metacopy() && what != CopyUp::Meta {
+                return self.complete_metacopy(ino, what);
+            }
             return Ok(());
         }
         if node.is_dir() {
@@ -55,17 +77,69 @@ impl Overlay {
         let parent_fd = self.upper_dir(node.parent)?;
         let (_, path) = self.node_path(ino)?;
         let (ppath, name) = Overlay::split(&path);
+        let what = if what == CopyUp::Meta && !self.can_metacopy(&node) {
+            CopyUp::Full
+        } else {
+            what
+        };
         let st = self.copy_object(
             self.layer(node.top())?,
             ppath,
             name,
             &parent_fd,
-            data,
+            what,
             Some(ino),
         )?;
         let mut t = self.write_nodes();
         t.add_backing(ino, (UPPER, st.st_ino));
         if let Some(n) = t.get_mut(ino) {
+            n.layers = if what == CopyUp::Meta {
+                vec![UPPER, node.top()]
+            } else {
+                vec![UPPER]
+            };
+        }
+        Ok(())
+    }
+
+    fn can_metacopy(&self, node: &crate::inode::Node) -> bool {
+        self.settings.metacopy
+            && node.fmt == libc::S_IFREG
+            && self
+                .work
+                .as_ref()
+                .is_some_and(|w| w.metacopy_xattr.is_some())
+    }
+
+    /// Gives a metacopy file its data (or, for `Empty`, just drops the
+    /// marker): the data is written into the upper file, synced, and only
+    /// then is the marker removed, so a crash leaves the lower data in use.
+    fn complete_metacopy(&self, ino: Ino, what: CopyUp) -> Result<()> {
+        let (node, path) = self.node_path(ino)?;
+        let work = self.work()?;
+        let x = work.metacopy_xattr.ok_or(Errno::IO)?;
+        let (ppath, name) = Overlay::split(&path);
+        let upper_dir = self.upper_layer()?.dir(ppath)?;
+        if what == CopyUp::Full {
+            let src = self.layer(node.data_layer())?.open_beneath(
+                &path,
+                OFlags::RDONLY,
+                Mode::empty(),
+            )?;
+            let dst = self
+                .upper_layer()?
+                .open_beneath(&path, OFlags::WRONLY, Mode::empty())?;
+            let size = rustix::fs::fstat(&src)?.st_size as u64;
+            copy_data(&src, &dst, size)?;
+            if self.settings.fsync {
+                rustix::fs::fsync(&dst)?;
+            }
+        }
+        match rustix::fs::lremovexattr(proc_path(&upper_dir, name), x) {
+            Ok(()) | Err(Errno::NODATA) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(n) = self.write_nodes().get_mut(ino) {
             n.layers = vec![UPPER];
         }
         Ok(())
@@ -79,14 +153,14 @@ impl Overlay {
         ppath: &Path,
         name: &OsStr,
         dst_parent: &OwnedFd,
-        data: bool,
+        what: CopyUp,
         origin: Option<Ino>,
     ) -> Result<Stat> {
         let work = self.work()?;
         let src_dir = src.dir(ppath)?;
         let st = stat_at(&src_dir, name)?;
         let tmp = work.temp_name();
-        let built = self.build_copy(&src_dir, name, &st, work.fd(), &tmp, data);
+        let built = self.build_copy(&src_dir, name, &st, work.fd(), &tmp, what);
         if let (Ok(()), Some(ino)) = (&built, origin) {
             work.write_origin(work.fd(), &tmp, ino);
         }
@@ -107,7 +181,7 @@ impl Overlay {
         st: &Stat,
         work: &OwnedFd,
         tmp: &OsStr,
-        data: bool,
+        what: CopyUp,
     ) -> Result<()> {
         let fmt = fmt_of(st);
         let mut file: Option<OwnedFd> = None;
@@ -119,7 +193,12 @@ impl Overlay {
                     OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
-                if data && st.st_size > 0 {
+                if what == CopyUp::Meta {
+                    // Same size, no data: reads go to the lower file.
+                    rustix::fs::ftruncate(&dst, st.st_size as u64)?;
+                    let x = self.work()?.metacopy_xattr.ok_or(Errno::IO)?;
+                    rustix::fs::fsetxattr(&dst, x, b"", XattrFlags::empty())?;
+                } else if what == CopyUp::Full && st.st_size > 0 {
                     let src = rustix::fs::openat(
                         src_dir,
                         name,

@@ -106,7 +106,14 @@ impl Overlay {
     pub fn open(&self, ino: Ino, flags: i32) -> Result<u64> {
         let _ns = if wants_write(flags) {
             let g = self.lock_ns();
-            self.copy_up(ino, flags & libc::O_TRUNC == 0)?;
+            self.copy_up(
+                ino,
+                if flags & libc::O_TRUNC != 0 {
+                    crate::copy_up::CopyUp::Empty
+                } else {
+                    crate::copy_up::CopyUp::Full
+                },
+            )?;
             Some(g)
         } else {
             None
@@ -115,7 +122,8 @@ impl Overlay {
         if node.is_dir() {
             return Err(Errno::ISDIR);
         }
-        let layer = self.layer(node.top())?;
+        // A metacopy file is read from the lower file that holds its data.
+        let layer = self.layer(node.data_layer())?;
         let fd = match layer.open_beneath(&path, backing_flags(flags), Mode::empty()) {
             // O_NOATIME is refused on files we do not own; drop it.
             Err(Errno::PERM) if flags & libc::O_NOATIME != 0 => layer.open_beneath(

@@ -55,6 +55,19 @@ impl Node {
     pub fn in_upper(&self) -> bool {
         self.layers.first() == Some(&UPPER)
     }
+    /// An upper file holding only metadata (kernel `metacopy`): its data
+    /// still lives in the lower layer after it.
+    pub fn is_metacopy(&self) -> bool {
+        self.fmt != libc::S_IFDIR && self.layers.len() > 1
+    }
+    /// The layer whose file holds the data.
+    pub fn data_layer(&self) -> LayerId {
+        if self.is_metacopy() {
+            self.layers[1]
+        } else {
+            self.top()
+        }
+    }
 }
 
 #[derive(Debug, Default)]

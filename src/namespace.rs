@@ -149,6 +149,7 @@ impl Overlay {
             st,
             identity: (UPPER, st.st_ino),
             origin: None,
+            metacopy: false,
         };
         Ok((self.register(parent, name, found, true), fd))
     }
@@ -326,7 +327,7 @@ impl Overlay {
         {
             return Err(Errno::EXIST);
         }
-        self.copy_up(ino, true)?;
+        self.copy_up(ino, crate::copy_up::CopyUp::Full)?;
         let (_, path) = self.node_path(ino)?;
         let (sppath, sname) = Overlay::split(&path);
         let src_dir = self.upper_layer()?.dir(sppath)?;
@@ -353,6 +354,7 @@ impl Overlay {
             st,
             identity: (UPPER, st.st_ino),
             origin: None,
+            metacopy: false,
         };
         Ok(self.register(newparent, newname, found, true))
     }
@@ -482,12 +484,12 @@ impl Overlay {
 
     /// Copies up the object `name` of `parent` that resolved to `f`.
     pub(crate) fn copy_up_entry(&self, parent: Ino, name: &OsStr, f: &Found) -> Result<()> {
-        if f.layers[0] == UPPER {
+        if f.layers[0] == UPPER && !f.metacopy {
             return Ok(());
         }
         let known = self.read_nodes().child(parent, name);
         if let Some(ino) = known {
-            return self.copy_up(ino, true);
+            return self.copy_up(ino, crate::copy_up::CopyUp::Full);
         }
         // Not known to the kernel: register it just long enough to copy it.
         let ino = {
@@ -502,7 +504,7 @@ impl Overlay {
                 true,
             )
         };
-        let r = self.copy_up(ino, true);
+        let r = self.copy_up(ino, crate::copy_up::CopyUp::Full);
         self.write_nodes().forget(ino, 1);
         r
     }

@@ -35,6 +35,10 @@ pub struct MountOptions {
     pub uid_mapping: Vec<IdMap>,
     pub gid_mapping: Vec<IdMap>,
     pub static_nlink: bool,
+    /// Metadata-only copy-up (kernel `metacopy` format); `metacopy=off`
+    /// copies data on every copy-up, for uppers read by kernel overlayfs
+    /// mounted without `metacopy=on`.
+    pub metacopy: bool,
     pub noacl: bool,
     pub xattr_permissions: u8,
     pub threads: Option<usize>,
@@ -72,6 +76,7 @@ impl Default for MountOptions {
             uid_mapping: Vec::new(),
             gid_mapping: Vec::new(),
             static_nlink: false,
+            metacopy: true,
             noacl: false,
             xattr_permissions: 0,
             threads: None,
@@ -238,6 +243,14 @@ impl MountOptions {
             "uidmapping" => self.uid_mapping = parse_id_map(key, &need(value)?)?,
             "gidmapping" => self.gid_mapping = parse_id_map(key, &need(value)?)?,
             "static_nlink" => self.static_nlink = true,
+            "metacopy" => {
+                let v = need(value)?;
+                self.metacopy = match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(Error::Options(format!("metacopy={v}: expected on or off"))),
+                };
+            }
             "noacl" => self.noacl = true,
             "xattr_permissions" => {
                 let v: u8 = number(key, &need(value)?)?;

@@ -45,6 +45,7 @@ pub struct Settings {
     pub ids: crate::ids::IdMapper,
     /// `xattr_permissions=`: owners and modes kept in this xattr.
     pub override_xattr: Option<&'static str>,
+    pub metacopy: bool,
 }
 
 /// One resolved name: where it lives and what it is.
@@ -59,6 +60,8 @@ pub(crate) struct Found {
     pub identity: (LayerId, u64),
     /// The inode number recorded at copy-up, for an upper non-directory.
     pub origin: Option<u64>,
+    /// An upper metacopy file: its data is in the next lower file.
+    pub metacopy: bool,
 }
 
 pub struct Overlay {
@@ -134,6 +137,7 @@ impl Overlay {
                 static_nlink: opts.static_nlink,
                 ids: crate::ids::IdMapper::from_options(opts),
                 override_xattr: format::override_xattr_for(opts.xattr_permissions),
+                metacopy: opts.metacopy,
             },
         })
     }
@@ -226,21 +230,40 @@ impl Overlay {
                         (Some(w), UPPER, f) if f != libc::S_IFDIR => w.read_origin(&dir, name),
                         _ => None,
                     };
+                    let metacopy = lid == UPPER
+                        && fmt == libc::S_IFREG
+                        && st.st_size > 0
+                        && more_below
+                        && self.is_metacopy_file(&dir, name);
                     found = Some(Found {
                         fmt: shown_fmt,
                         layers: vec![lid],
                         st,
                         identity: (lid, st.st_ino),
                         origin,
+                        metacopy,
                     });
                     if fmt != libc::S_IFDIR {
-                        break;
+                        // A metacopy file looks further down for its data,
+                        // unless a `.wh.` beside it hides what is below.
+                        if !metacopy || crate::format::wh_exists(&*dir, name)? {
+                            break;
+                        }
+                        continue;
                     }
                     if more_below && self.stops_below(&dir, name)? {
                         break;
                     }
                 }
                 Some(f) => {
+                    if f.metacopy {
+                        // The data of a metacopy file: the next lower file.
+                        if fmt == libc::S_IFREG {
+                            f.layers.push(lid);
+                            f.st.st_blocks = st.st_blocks;
+                        }
+                        break;
+                    }
                     if fmt != libc::S_IFDIR {
                         break;
                     }
@@ -255,6 +278,15 @@ impl Overlay {
             }
         }
         Ok(found)
+    }
+
+    /// Whether an upper file carries the metacopy marker.
+    fn is_metacopy_file(&self, dir: &OwnedFd, name: &OsStr) -> bool {
+        let Some(x) = self.work.as_ref().and_then(|w| w.metacopy_xattr) else {
+            return false;
+        };
+        let mut buf = [0u8; 64];
+        rustix::fs::lgetxattr(crate::layer::proc_path(dir, name), x, &mut buf[..]).is_ok()
     }
 
     /// Whether a directory hides what lies below it: opaque, or whited out
@@ -328,6 +360,12 @@ impl Overlay {
         };
         let mut st = stat_at(&*dir, name)?;
         self.apply_overrides(&dir, name, &mut st);
+        if node.is_metacopy()
+            && let Ok(d) = self.dir_fd(node.data_layer(), node.parent, ppath)
+            && let Ok(data) = stat_at(&*d, name)
+        {
+            st.st_blocks = data.st_blocks;
+        }
         Ok(st)
     }
 

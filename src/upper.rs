@@ -35,6 +35,8 @@ pub struct Work {
     /// Where a copied-up file keeps the inode number it had below, so the
     /// number survives remounts (hidden like every `overlay.` xattr).
     pub origin_xattr: Option<&'static str>,
+    /// The kernel's metacopy marker at our privilege.
+    pub metacopy_xattr: Option<&'static str>,
 }
 
 impl Work {
@@ -79,12 +81,20 @@ impl Work {
                 "user.overlay.cairn.origin"
             }
         });
+        let metacopy_xattr = opaque_xattr.map(|x| {
+            if x.starts_with("trusted.") {
+                "trusted.overlay.metacopy"
+            } else {
+                "user.overlay.metacopy"
+            }
+        });
         Ok(Work {
             dir,
             counter: AtomicU64::new(0),
             whiteout,
             opaque_xattr,
             origin_xattr,
+            metacopy_xattr,
         })
     }
 
