@@ -291,3 +291,60 @@ fn metacopy_files_are_read_correctly_after_remount() {
     let m = mount_with(&lower, &upper, &work, &["timeout=0", "metacopy=off"]);
     assert_eq!(read(m.path().join("f")), "new\n");
 }
+
+#[test]
+fn hard_links_survive_copy_up() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    let (upper, work) = (t.dir("upper"), t.dir("work"));
+    write(lower.join("a"), "shared\n");
+    fs::hard_link(lower.join("a"), lower.join("d/b")).unwrap_or_else(|_| {
+        fs::create_dir(lower.join("d")).unwrap();
+        fs::hard_link(lower.join("a"), lower.join("d/b")).unwrap();
+    });
+    let nl = |p: &Path| fs::metadata(p).unwrap().nlink();
+    let m = mount_with(&lower, &upper, &work, &["timeout=0"]);
+    let p = m.path().to_path_buf();
+    assert_eq!((nl(&p.join("a")), nl(&p.join("d/b"))), (2, 2));
+    assert_eq!(ino(p.join("a")), ino(p.join("d/b")));
+    // Writing through one name shows through the other.
+    let f = fs::OpenOptions::new()
+        .append(true)
+        .open(p.join("a"))
+        .unwrap();
+    rustix::io::write(&f, b"more\n").unwrap();
+    drop(f);
+    assert_eq!(read(p.join("d/b")), "shared\nmore\n");
+    assert_eq!(ino(p.join("a")), ino(p.join("d/b")));
+    assert_eq!((nl(&p.join("a")), nl(&p.join("d/b"))), (2, 2));
+    // link() adds a name; unlink() removes one.
+    fs::hard_link(p.join("d/b"), p.join("c")).unwrap();
+    assert_eq!((nl(&p.join("a")), nl(&p.join("c"))), (3, 3));
+    fs::remove_file(p.join("a")).unwrap();
+    assert_eq!((nl(&p.join("d/b")), nl(&p.join("c"))), (2, 2));
+    let b_ino = ino(p.join("d/b"));
+    drop(m);
+    let m = mount_with(&lower, &upper, &work, &["timeout=0"]);
+    let p = m.path().to_path_buf();
+    assert_eq!(read(p.join("d/b")), "shared\nmore\n");
+    assert_eq!(read(p.join("c")), "shared\nmore\n");
+    assert_eq!((ino(p.join("d/b")), ino(p.join("c"))), (b_ino, b_ino));
+    assert_eq!(nl(&p.join("c")), 2);
+    assert!(fs::metadata(p.join("a")).is_err());
+    // fstat of an open file whose last name is gone shows nlink 0.
+    let f = File::open(p.join("c")).unwrap();
+    fs::remove_file(p.join("c")).unwrap();
+    fs::remove_file(p.join("d/b")).unwrap();
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    drop(f);
+    let lone = lower.join("lone");
+    write(&lone, "l");
+    let m2 = TestOverlay::new(&[&lower]).unwrap();
+    let f = File::open(m2.path().join("lone")).unwrap();
+    fs::remove_file(m2.path().join("lone")).unwrap();
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    // The lower layer still has both names, untouched.
+    assert_eq!(read(lower.join("d/b")), "shared\n");
+    assert_eq!(fs::metadata(lower.join("a")).unwrap().nlink(), 2);
+}

@@ -14,6 +14,7 @@ use crate::format::is_private_xattr;
 use crate::inode::{Ino, ROOT, UPPER};
 use crate::layer::{Layer, Result, proc_path, stat_at};
 use crate::overlay::{Overlay, fmt_of};
+use crate::upper::Work;
 
 /// How much of a file a copy-up copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +45,7 @@ impl Overlay {
         }
         let parent_fd = self.upper_dir(node.parent)?;
         let (ppath, name) = Overlay::split(&path);
-        let st = self.copy_object(
+        let (st, _) = self.copy_object(
             self.layer(node.top())?,
             ppath,
             name,
@@ -82,7 +83,7 @@ impl Overlay {
         } else {
             what
         };
-        let st = self.copy_object(
+        let (st, what) = self.copy_object(
             self.layer(node.top())?,
             ppath,
             name,
@@ -155,23 +156,50 @@ impl Overlay {
         dst_parent: &OwnedFd,
         what: CopyUp,
         origin: Option<Ino>,
-    ) -> Result<Stat> {
+    ) -> Result<(Stat, CopyUp)> {
         let work = self.work()?;
         let src_dir = src.dir(ppath)?;
         let st = stat_at(&src_dir, name)?;
+        // A file with several names is copied once: the copy is linked into
+        // the index, and each other name links to it (kernel `index=on`).
+        let linked = fmt_of(&st) == libc::S_IFREG && st.st_nlink > 1;
+        let key = Work::index_key(&st);
+        if linked {
+            match rustix::fs::linkat(work.index.root(), &key, dst_parent, name, AtFlags::empty()) {
+                Ok(()) => return Ok((stat_at(dst_parent, name)?, CopyUp::Full)),
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let what = if linked && what == CopyUp::Meta {
+            CopyUp::Full
+        } else {
+            what
+        };
         let tmp = work.temp_name();
         let built = self.build_copy(&src_dir, name, &st, work.fd(), &tmp, what);
         if let (Ok(()), Some(ino)) = (&built, origin) {
             work.write_origin(work.fd(), &tmp, ino);
         }
-        let installed = built.and_then(|()| {
-            work.install(&tmp, dst_parent, name, fmt_of(&st) == libc::S_IFDIR, false)
-        });
+        let installed = built
+            .and_then(|()| {
+                if linked {
+                    work.write_nlink_at(work.fd(), &tmp, st.st_nlink, &key)?;
+                    rustix::fs::linkat(work.fd(), &tmp, work.index.root(), &key, AtFlags::empty())?;
+                }
+                Ok(())
+            })
+            .and_then(|()| {
+                work.install(&tmp, dst_parent, name, fmt_of(&st) == libc::S_IFDIR, false)
+            });
         if let Err(e) = installed {
+            if linked {
+                let _ = rustix::fs::unlinkat(work.index.root(), &key, AtFlags::empty());
+            }
             work.discard(&tmp);
             return Err(e);
         }
-        stat_at(dst_parent, name)
+        Ok((stat_at(dst_parent, name)?, what))
     }
 
     fn build_copy(

@@ -271,7 +271,7 @@ impl Overlay {
         let _ns = self.lock_ns();
         let (pnode, ppath) = self.dir_node(parent)?;
         let found = self
-            .resolve(parent, &ppath, &pnode.layers, name)?
+            .resolve_linked(parent, &ppath, &pnode.layers, name)?
             .ok_or(Errno::NOENT)?;
         let is_dir = found.fmt == libc::S_IFDIR;
         if dir && !is_dir {
@@ -285,6 +285,9 @@ impl Overlay {
         }
         let pfd = self.upper_dir(parent)?;
         let lower = self.lower_positive(&ppath, &pnode.layers, name)?;
+        if found.layers[0] == UPPER && !is_dir {
+            work.adjust_nlink(&pfd, name, -1)?;
+        }
         if found.layers[0] == UPPER {
             if is_dir {
                 work.remove_upper_dir(&pfd, name, lower)?;
@@ -347,6 +350,7 @@ impl Overlay {
                 }
             }
         }
+        work.adjust_nlink(&pfd, newname, 1)?;
         let st = self.stat_shown(&pfd, newname)?;
         let found = Found {
             fmt: st.st_mode & libc::S_IFMT,
@@ -384,9 +388,9 @@ impl Overlay {
         let (spnode, sppath) = self.dir_node(parent)?;
         let (dpnode, dppath) = self.dir_node(newparent)?;
         let src = self
-            .resolve(parent, &sppath, &spnode.layers, name)?
+            .resolve_linked(parent, &sppath, &spnode.layers, name)?
             .ok_or(Errno::NOENT)?;
-        let dst = self.resolve(newparent, &dppath, &dpnode.layers, newname)?;
+        let dst = self.resolve_linked(newparent, &dppath, &dpnode.layers, newname)?;
         if parent == newparent && name == newname {
             return Ok(());
         }
@@ -447,6 +451,12 @@ impl Overlay {
             return Ok(());
         }
         let dslot = slot(&dpfd, newname)?;
+        if dst
+            .as_ref()
+            .is_some_and(|d| d.fmt != libc::S_IFDIR && d.layers[0] == UPPER)
+        {
+            work.adjust_nlink(&dpfd, newname, -1)?;
+        }
         if dst
             .as_ref()
             .is_some_and(|d| d.fmt == libc::S_IFDIR && d.layers[0] == UPPER)

@@ -321,10 +321,53 @@ impl Overlay {
         if !pnode.is_dir() {
             return Err(Errno::NOTDIR);
         }
-        let found = self
+        let mut found = self
             .resolve(parent, &ppath, &pnode.layers, name)?
             .ok_or(Errno::NOENT)?;
+        if self.needs_link_up(&found) {
+            let _ns = self.lock_ns();
+            found = self
+                .resolve_linked(parent, &ppath, &pnode.layers, name)?
+                .ok_or(Errno::NOENT)?;
+        }
         Ok(self.register(parent, name, found, true))
+    }
+
+    /// Whether a lower file is a name of a file already copied up through
+    /// another name (it has an index entry).
+    fn needs_link_up(&self, f: &Found) -> bool {
+        f.layers[0] != UPPER && self.work.as_ref().is_some_and(|w| w.indexed(&f.st))
+    }
+
+    /// Resolves a name, first linking it to its upper copy when another of
+    /// its names was copied up. The caller holds the namespace lock.
+    pub(crate) fn resolve_linked(
+        &self,
+        parent: Ino,
+        ppath: &Path,
+        players: &[LayerId],
+        name: &OsStr,
+    ) -> Result<Option<Found>> {
+        let found = self.resolve(parent, ppath, players, name)?;
+        let Some(f) = found else {
+            return Ok(None);
+        };
+        if !self.needs_link_up(&f) {
+            return Ok(Some(f));
+        }
+        let work = self.work()?;
+        let pfd = self.upper_dir(parent)?;
+        let key = crate::upper::Work::index_key(&f.st);
+        rustix::fs::linkat(
+            work.index.root(),
+            &key,
+            &pfd,
+            name,
+            rustix::fs::AtFlags::empty(),
+        )?;
+        // The parent may have just been copied up: take its layers anew.
+        let players = self.node(parent)?.layers;
+        self.resolve(parent, ppath, &players, name)
     }
 
     /// Records a resolved object in the node table and returns its attributes.
@@ -393,6 +436,14 @@ impl Overlay {
         if let Some((o, _)) = self.read_overrides(dir, name, st) {
             format::apply_override(st, &o);
         }
+        // An indexed file counts its names in the merged view.
+        if st.st_nlink > 1
+            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && let Some(w) = &self.work
+            && let Some((n, _)) = w.read_nlink_at(dir, name)
+        {
+            st.st_nlink = n as _;
+        }
     }
 
     pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> Result<Attr> {
@@ -401,8 +452,17 @@ impl Overlay {
             && let Some(fd) = h.file()
         {
             let node = self.node(ino).ok();
-            let st = rustix::fs::fstat(fd)?;
-            let merged = node.is_some_and(|n| n.layers.len() > 1);
+            let mut st = rustix::fs::fstat(fd)?;
+            if st.st_nlink > 1
+                && let Some(n) = self.work.as_ref().and_then(|w| w.read_nlink_fd(fd))
+            {
+                st.st_nlink = n as _;
+            }
+            // A lower file whose last name was removed while it is open.
+            if node.as_ref().is_some_and(|n| n.unlinked && !n.in_upper()) {
+                st.st_nlink = 0;
+            }
+            let merged = node.is_some_and(|n| n.layers.len() > 1 && n.is_dir());
             return Ok(self.attr(ino, st, merged));
         }
         let (node, path) = match self.node_path(ino) {
@@ -410,7 +470,10 @@ impl Overlay {
             Err(e) => {
                 // An unlinked file that is still open answers from its fd.
                 if let Some(fd) = self.handles.any_file_of(ino) {
-                    return Ok(self.attr(ino, rustix::fs::fstat(&fd)?, false));
+                    // No name is left in the merged view.
+                    let mut st = rustix::fs::fstat(&fd)?;
+                    st.st_nlink = 0;
+                    return Ok(self.attr(ino, st, false));
                 }
                 return Err(e);
             }

@@ -9,10 +9,14 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, XattrFlags};
 use rustix::io::Errno;
 
 use crate::format::{OPAQUE_FILE, wh_name};
-use crate::layer::{Layer, Result, proc_path, stat_at};
+use crate::layer::{Layer, Result, exists_at, proc_path, stat_at};
 
-/// Name of cairnfs's own directory inside the user's work dir.
+/// Name of cairnfs's own directory inside the user's work dir (cleared at
+/// every mount).
 pub const WORK_SUBDIR: &str = "cairn";
+/// The hard-link index beside it (kept): one link per copied-up lower file
+/// that had several names, so every name finds the same upper inode.
+pub const INDEX_SUBDIR: &str = "cairn-index";
 
 /// How this mount writes whiteouts and opaque markers, decided once at mount
 /// by probing what the upper filesystem and our privileges allow.
@@ -37,6 +41,10 @@ pub struct Work {
     pub origin_xattr: Option<&'static str>,
     /// The kernel's metacopy marker at our privilege.
     pub metacopy_xattr: Option<&'static str>,
+    /// The hard-link index dir.
+    pub index: Layer,
+    /// Where an indexed file keeps its number of names in the merged view.
+    pub nlink_xattr: Option<&'static str>,
 }
 
 impl Work {
@@ -49,6 +57,12 @@ impl Work {
         }
         let dir = Layer::open_sub(workdir, sub)?;
         clear_dir(dir.root())?;
+        let isub = OsStr::new(INDEX_SUBDIR);
+        match rustix::fs::mkdirat(workdir.root(), isub, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let index = Layer::open_sub(workdir, isub)?;
         let probe = OsStr::new("probe");
         let whiteout = match rustix::fs::mknodat(
             dir.root(),
@@ -88,6 +102,13 @@ impl Work {
                 "user.overlay.metacopy"
             }
         });
+        let nlink_xattr = opaque_xattr.map(|x| {
+            if x.starts_with("trusted.") {
+                "trusted.overlay.cairn.nlink"
+            } else {
+                "user.overlay.cairn.nlink"
+            }
+        });
         Ok(Work {
             dir,
             counter: AtomicU64::new(0),
@@ -95,6 +116,8 @@ impl Work {
             opaque_xattr,
             origin_xattr,
             metacopy_xattr,
+            index,
+            nlink_xattr,
         })
     }
 
@@ -123,6 +146,66 @@ impl Work {
                 XattrFlags::empty(),
             );
         }
+    }
+
+    /// The index entry name of a lower file.
+    pub fn index_key(st: &rustix::fs::Stat) -> OsString {
+        OsString::from(format!("{:x}-{:x}", st.st_dev, st.st_ino))
+    }
+
+    /// Whether the lower file `st` has an index entry (was copied up
+    /// through another of its names).
+    pub fn indexed(&self, st: &rustix::fs::Stat) -> bool {
+        st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_nlink > 1
+            && exists_at(self.index.root(), &Self::index_key(st)).unwrap_or(false)
+    }
+
+    /// The merged-view link count and index key kept on an indexed file
+    /// `name` in `dir` (value `N:KEY`).
+    pub fn read_nlink_at(&self, dir: &impl AsFd, name: &OsStr) -> Option<(u64, OsString)> {
+        let x = self.nlink_xattr?;
+        let mut buf = [0u8; 64];
+        let n = rustix::fs::lgetxattr(proc_path(dir, name), x, &mut buf[..]).ok()?;
+        parse_nlink(&buf[..n])
+    }
+
+    /// The same through an open (not `O_PATH`) fd of the file.
+    pub fn read_nlink_fd(&self, fd: &impl AsFd) -> Option<u64> {
+        let x = self.nlink_xattr?;
+        let mut buf = [0u8; 64];
+        let n = rustix::fs::fgetxattr(fd, x, &mut buf[..]).ok()?;
+        parse_nlink(&buf[..n]).map(|(n, _)| n)
+    }
+
+    pub fn write_nlink_at(&self, dir: &impl AsFd, name: &OsStr, n: u64, key: &OsStr) -> Result<()> {
+        match self.nlink_xattr {
+            Some(x) => rustix::fs::lsetxattr(
+                proc_path(dir, name),
+                x,
+                format!("{n}:{}", key.to_string_lossy()).as_bytes(),
+                XattrFlags::empty(),
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds `delta` to the merged link count of an indexed file; when no
+    /// name is left, its index entry goes too. Files without the count are
+    /// left alone.
+    pub fn adjust_nlink(&self, dir: &impl AsFd, name: &OsStr, delta: i64) -> Result<()> {
+        let Some((n, key)) = self.read_nlink_at(dir, name) else {
+            return Ok(());
+        };
+        let n = (n as i64 + delta).max(0) as u64;
+        self.write_nlink_at(dir, name, n, &key)?;
+        if n == 0 {
+            match rustix::fs::unlinkat(self.index.root(), &key, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     pub fn fd(&self) -> &OwnedFd {
@@ -248,6 +331,12 @@ impl Layer {
         path.push(name);
         Ok(Layer::from_parts(fd, path, st.st_dev))
     }
+}
+
+fn parse_nlink(v: &[u8]) -> Option<(u64, OsString)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (n, key) = s.split_once(':')?;
+    Some((n.parse().ok()?, OsString::from(key)))
 }
 
 /// What sits at `name` in an upper directory, as seen by create operations.
