@@ -348,3 +348,136 @@ fn hard_links_survive_copy_up() {
     assert_eq!(read(lower.join("d/b")), "shared\n");
     assert_eq!(fs::metadata(lower.join("a")).unwrap().nlink(), 2);
 }
+
+/// Mounts kernel overlayfs (the reference) over the same layers; unmounted
+/// on drop.
+struct KernelMount(std::path::PathBuf);
+
+impl KernelMount {
+    fn new(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path, extra: &str) -> KernelMount {
+        let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}{extra}",
+            lowerdir.join(":"),
+            upper.display(),
+            work.display()
+        );
+        let ok = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(mnt)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kernel overlay mount failed: {opts}");
+        KernelMount(mnt.to_path_buf())
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Every path under `root` with its type and contents, sorted.
+fn listing(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if md.is_dir() {
+                out.push(format!("{rel}/"));
+                stack.push(p);
+            } else {
+                out.push(format!(
+                    "{rel} {}",
+                    fs::read_to_string(&p).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn lower_directories_rename_in_place_like_kernel_redirect_dir() {
+    require_root!();
+    let t = Tree::new();
+    let (top, bottom) = (t.dir("top"), t.dir("bottom"));
+    write(bottom.join("a/b/c/deep"), "deep\n");
+    write(bottom.join("a/b/file"), "b\n");
+    write(top.join("a/b/topfile"), "t\n");
+    write(bottom.join("x/inx"), "x\n");
+    t.dir("bottom/empty");
+    let (upper, work) = (t.dir("upper"), t.dir("work"));
+    let m = TestOverlay::builder()
+        .lower(&top)
+        .lower(&bottom)
+        .upper(&upper, &work)
+        .option("timeout=0")
+        .mount()
+        .unwrap();
+    let p = m.path().to_path_buf();
+    let ino_b = ino(p.join("a/b"));
+    // Rename a merged directory at depth; contents from both lowers follow.
+    fs::rename(p.join("a/b"), p.join("moved")).unwrap();
+    assert_eq!(names(p.join("moved")), ["c", "file", "topfile"]);
+    assert_eq!(read(p.join("moved/c/deep")), "deep\n");
+    assert_eq!(ino(p.join("moved")), ino_b);
+    assert!(names(p.join("a")).is_empty());
+    // Over an existing empty directory.
+    fs::rename(p.join("x"), p.join("empty")).unwrap();
+    assert_eq!(names(p.join("empty")), ["inx"]);
+    // RENAME_EXCHANGE of two lower dirs.
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        &p.join("moved"),
+        rustix::fs::CWD,
+        &p.join("empty"),
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .unwrap();
+    assert_eq!(names(p.join("moved")), ["inx"]);
+    assert_eq!(names(p.join("empty")), ["c", "file", "topfile"]);
+    // Rename a parent of a redirected dir, then rename back.
+    fs::create_dir(p.join("holder")).unwrap();
+    fs::rename(p.join("empty"), p.join("holder/again")).unwrap();
+    fs::rename(p.join("holder"), p.join("holder2")).unwrap();
+    assert_eq!(read(p.join("holder2/again/c/deep")), "deep\n");
+    fs::rename(p.join("holder2/again"), p.join("a/b")).unwrap();
+    assert_eq!(names(p.join("a/b")), ["c", "file", "topfile"]);
+    // Changes inside a moved directory copy up to the right place.
+    write(p.join("moved/inx"), "changed\n");
+    assert_eq!(read(p.join("moved/inx")), "changed\n");
+    let before = listing(&p);
+    drop(m);
+    // cairnfs after a remount, and kernel overlayfs with redirect_dir=on,
+    // show the same tree.
+    let m = TestOverlay::builder()
+        .lower(&top)
+        .lower(&bottom)
+        .upper(&upper, &work)
+        .mount()
+        .unwrap();
+    assert_eq!(listing(m.path()), before);
+    drop(m);
+    let kwork = t.dir("kwork");
+    let kmnt = t.dir("kmnt");
+    let k = KernelMount::new(&[&top, &bottom], &upper, &kwork, &kmnt, ",redirect_dir=on");
+    assert_eq!(listing(&k.0), before);
+    drop(k);
+    // Deleting a moved directory leaves nothing of it behind.
+    let m = TestOverlay::builder()
+        .lower(&top)
+        .lower(&bottom)
+        .upper(&upper, &work)
+        .mount()
+        .unwrap();
+    fs::remove_dir_all(m.path().join("moved")).unwrap();
+    assert!(fs::metadata(m.path().join("moved")).is_err());
+    assert_eq!(read(bottom.join("x/inx")), "x\n");
+}

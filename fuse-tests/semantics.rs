@@ -395,9 +395,24 @@ fn rename_files_and_upper_dirs_with_flags() {
     fs::remove_dir_all(p.join("dir")).unwrap();
     fs::rename(p.join("renamed"), p.join("dir")).unwrap();
     assert_eq!(names(p.join("dir")), ["sub"]);
-    // A dir that exists in a lower layer: EXDEV here (mv falls back to copy).
+    // A dir that exists in a lower layer moves in place, contents and all.
+    fs::rename(p.join("opaque-xattr"), p.join("elsewhere")).unwrap();
+    assert_eq!(names(p.join("elsewhere")), ["shown"]);
+    assert_eq!(err_of(fs::metadata(p.join("opaque-xattr"))), libc::ENOENT);
+}
+
+#[test]
+fn without_redirects_lower_dirs_cannot_be_renamed() {
+    require_root!();
+    let (_t, top, bottom) = layers();
+    let m = TestOverlay::builder()
+        .lower(&top)
+        .lower(&bottom)
+        .option("redirect_dir=off")
+        .mount()
+        .unwrap();
     assert_eq!(
-        err_of(fs::rename(p.join("opaque-xattr"), p.join("elsewhere"))),
+        err_of(fs::rename(m.path().join("dir"), m.path().join("elsewhere"))),
         libc::EXDEV
     );
 }

@@ -220,13 +220,13 @@ impl Overlay {
         f: impl FnOnce(&std::path::Path) -> Result<T>,
     ) -> Result<T> {
         let (node, path) = self.node_path(ino)?;
-        let (ppath, name) = Overlay::split(&path);
-        let layer = if upper {
-            self.upper_layer()?
+        let lid = if upper {
+            crate::inode::UPPER
         } else {
-            self.layer(node.top())?
+            node.top()
         };
-        let dir = layer.dir(ppath)?;
+        let (ppath, name) = Overlay::split(path.at(lid));
+        let dir = self.layer(lid)?.dir(ppath)?;
         let p = proc_path(&dir, name);
         let r = f(&p);
         drop(dir);

@@ -44,7 +44,9 @@ impl Overlay {
             return upper.dir(&path);
         }
         let parent_fd = self.upper_dir(node.parent)?;
-        let (ppath, name) = Overlay::split(&path);
+        // The source is found by its lower path (it differs below a renamed
+        // directory); the name is the same in both.
+        let (ppath, name) = Overlay::split(path.at(node.top()));
         let (st, _) = self.copy_object(
             self.layer(node.top())?,
             ppath,
@@ -77,7 +79,7 @@ impl Overlay {
         }
         let parent_fd = self.upper_dir(node.parent)?;
         let (_, path) = self.node_path(ino)?;
-        let (ppath, name) = Overlay::split(&path);
+        let (ppath, name) = Overlay::split(path.at(node.top()));
         let what = if what == CopyUp::Meta && !self.can_metacopy(&node) {
             CopyUp::Full
         } else {
@@ -123,7 +125,7 @@ impl Overlay {
         let upper_dir = self.upper_layer()?.dir(ppath)?;
         if what == CopyUp::Full {
             let src = self.layer(node.data_layer())?.open_beneath(
-                &path,
+                path.at(node.data_layer()),
                 OFlags::RDONLY,
                 Mode::empty(),
             )?;

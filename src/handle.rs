@@ -124,13 +124,12 @@ impl Overlay {
         }
         // A metacopy file is read from the lower file that holds its data.
         let layer = self.layer(node.data_layer())?;
-        let fd = match layer.open_beneath(&path, backing_flags(flags), Mode::empty()) {
+        let path = path.at(node.data_layer());
+        let fd = match layer.open_beneath(path, backing_flags(flags), Mode::empty()) {
             // O_NOATIME is refused on files we do not own; drop it.
-            Err(Errno::PERM) if flags & libc::O_NOATIME != 0 => layer.open_beneath(
-                &path,
-                backing_flags(flags & !libc::O_NOATIME),
-                Mode::empty(),
-            )?,
+            Err(Errno::PERM) if flags & libc::O_NOATIME != 0 => {
+                layer.open_beneath(path, backing_flags(flags & !libc::O_NOATIME), Mode::empty())?
+            }
             r => r?,
         };
         Ok(self.handles.insert(Handle::File { ino, fd }))

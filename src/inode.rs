@@ -39,6 +39,9 @@ pub struct Node {
     pub lookups: u64,
     /// Backing identities `(layer, st_ino)` registered for this node.
     pub backing: Vec<(LayerId, u64)>,
+    /// Where a renamed directory's lower dirs are (kernel `redirect`),
+    /// relative to the layer roots; None when it is its own path.
+    pub redirect: Option<PathBuf>,
     /// Other names of a hard-linked object, used when the first goes away.
     pub aliases: Vec<(Ino, OsString)>,
     /// No name refers to this node any more (it may still be open).
@@ -93,6 +96,7 @@ impl NodeTable {
                 layers: root_layers,
                 lookups: 1,
                 backing: Vec::new(),
+                redirect: None,
                 aliases: Vec::new(),
                 unlinked: false,
             },
@@ -136,6 +140,39 @@ impl NodeTable {
             p.push(part);
         }
         Some(p)
+    }
+
+    /// The path of a node in the lower layers: as `path`, except below a
+    /// redirected directory, whose lower dirs live at its redirect.
+    pub fn lower_path(&self, ino: Ino) -> Option<PathBuf> {
+        let mut parts: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        let mut base = PathBuf::new();
+        while cur != ROOT {
+            let n = self.nodes.get(&cur)?;
+            if n.unlinked {
+                return None;
+            }
+            if let Some(r) = &n.redirect {
+                base = r.clone();
+                break;
+            }
+            parts.push(&n.name);
+            cur = n.parent;
+            if parts.len() > 4096 {
+                return None;
+            }
+        }
+        for part in parts.iter().rev() {
+            base.push(part);
+        }
+        Some(base)
+    }
+
+    pub fn set_redirect(&mut self, ino: Ino, r: Option<PathBuf>) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.redirect = r;
+        }
     }
 
     pub fn child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
@@ -191,6 +228,7 @@ impl NodeTable {
                         layers: Vec::new(),
                         lookups: 0,
                         backing: Vec::new(),
+                        redirect: None,
                         aliases: Vec::new(),
                         unlinked: false,
                     },

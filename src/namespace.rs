@@ -13,7 +13,7 @@ use rustix::io::Errno;
 use crate::format::{self, OverrideStat, is_whiteout_dev, wh_name};
 use crate::inode::{Ino, LayerId, UPPER};
 use crate::layer::{Result, check_name, proc_path, stat_at};
-use crate::overlay::{Attr, Caller, Found, Overlay};
+use crate::overlay::{Attr, Caller, Found, NodePath, Overlay};
 use crate::upper::{Slot, slot};
 
 /// What to create.
@@ -36,12 +36,12 @@ impl Overlay {
     /// so that removing it from the merged view needs a whiteout.
     pub(crate) fn lower_positive(
         &self,
-        ppath: &Path,
+        ppath: &NodePath,
         players: &[LayerId],
         name: &OsStr,
     ) -> Result<bool> {
         for &lid in players.iter().filter(|&&l| l != UPPER) {
-            let dir = match self.layer(lid)?.dir(ppath) {
+            let dir = match self.layer(lid)?.dir(&ppath.lower) {
                 Ok(d) => d,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
                 Err(e) => return Err(e),
@@ -60,7 +60,7 @@ impl Overlay {
     }
 
     /// The parent node (a directory) and its path.
-    fn dir_node(&self, parent: Ino) -> Result<(crate::inode::Node, std::path::PathBuf)> {
+    fn dir_node(&self, parent: Ino) -> Result<(crate::inode::Node, NodePath)> {
         let (n, p) = self.node_path(parent)?;
         if !n.is_dir() {
             return Err(Errno::NOTDIR);
@@ -150,6 +150,7 @@ impl Overlay {
             identity: (UPPER, st.st_ino),
             origin: None,
             metacopy: false,
+            redirect: None,
         };
         Ok((self.register(parent, name, found, true), fd))
     }
@@ -280,7 +281,10 @@ impl Overlay {
         if !dir && is_dir {
             return Err(Errno::ISDIR);
         }
-        if is_dir && !self.merged_is_empty(&ppath.join(name), &found.layers)? {
+        if is_dir
+            && !self
+                .merged_is_empty(&ppath.child(name, found.redirect.as_deref()), &found.layers)?
+        {
             return Err(Errno::NOTEMPTY);
         }
         let pfd = self.upper_dir(parent)?;
@@ -308,7 +312,7 @@ impl Overlay {
     }
 
     /// Whether the merged view of a directory has no entries.
-    fn merged_is_empty(&self, path: &Path, layers: &[LayerId]) -> Result<bool> {
+    fn merged_is_empty(&self, path: &NodePath, layers: &[LayerId]) -> Result<bool> {
         Ok(self.list_merged(path, layers, Some(1))?.is_empty())
     }
 
@@ -359,6 +363,7 @@ impl Overlay {
             identity: (UPPER, st.st_ino),
             origin: None,
             metacopy: false,
+            redirect: None,
         };
         Ok(self.register(newparent, newname, found, true))
     }
@@ -402,13 +407,24 @@ impl Overlay {
             return Err(Errno::NOENT);
         }
         let has_lower = |f: &Found| f.layers.iter().any(|&l| l != UPPER);
-        if src_dir && has_lower(&src) {
+        // A directory with lower dirs moves in place, recording where its
+        // lower dirs are (redirect); without redirects it is EXDEV, as on
+        // kernel overlayfs without `redirect_dir`, and `mv` copies instead.
+        let redirect_ok = self.settings.redirect_dir && work.redirect_xattr.is_some();
+        let moved_lower = |f: &Found| f.fmt == libc::S_IFDIR && has_lower(f);
+        if moved_lower(&src) && !redirect_ok {
             return Err(Errno::XDEV);
         }
+        let src_redirect =
+            moved_lower(&src).then(|| sppath.child(name, src.redirect.as_deref()).lower);
+        let dst_redirect = dst
+            .as_ref()
+            .filter(|d| exchange && moved_lower(d))
+            .map(|d| dppath.child(newname, d.redirect.as_deref()).lower);
         if let Some(d) = &dst {
             let dst_dir = d.fmt == libc::S_IFDIR;
             if exchange {
-                if dst_dir && has_lower(d) {
+                if moved_lower(d) && !redirect_ok {
                     return Err(Errno::XDEV);
                 }
             } else {
@@ -418,7 +434,10 @@ impl Overlay {
                 if !src_dir && dst_dir {
                     return Err(Errno::ISDIR);
                 }
-                if dst_dir && !self.merged_is_empty(&dppath.join(newname), &d.layers)? {
+                if dst_dir
+                    && !self
+                        .merged_is_empty(&dppath.child(newname, d.redirect.as_deref()), &d.layers)?
+                {
                     return Err(Errno::NOTEMPTY);
                 }
             }
@@ -435,18 +454,30 @@ impl Overlay {
         let dst_lower = self.lower_positive(&dppath, &dpnode.layers, newname)?;
         if exchange {
             rustix::fs::renameat_with(&spfd, name, &dpfd, newname, RenameFlags::EXCHANGE)?;
-            if src_dir && dst_lower {
-                work.set_opaque(&dpfd, newname)?;
+            match &src_redirect {
+                Some(r) => work.set_redirect(&dpfd, newname, r)?,
+                None if src_dir && dst_lower => work.set_opaque(&dpfd, newname)?,
+                None => {}
             }
-            if dst.as_ref().is_some_and(|d| d.fmt == libc::S_IFDIR) && src_lower {
-                work.set_opaque(&spfd, name)?;
+            match &dst_redirect {
+                Some(r) => work.set_redirect(&spfd, name, r)?,
+                None if dst.as_ref().is_some_and(|d| d.fmt == libc::S_IFDIR) && src_lower => {
+                    work.set_opaque(&spfd, name)?
+                }
+                None => {}
             }
             let mut t = self.write_nodes();
             if let Some(s) = src_ino {
                 t.rename(s, newparent, newname);
+                if src_redirect.is_some() {
+                    t.set_redirect(s, src_redirect);
+                }
             }
             if let Some(d) = dst_ino {
                 t.rename(d, parent, name);
+                if dst_redirect.is_some() {
+                    t.set_redirect(d, dst_redirect);
+                }
             }
             return Ok(());
         }
@@ -470,8 +501,12 @@ impl Overlay {
         if dslot == Slot::WhFile {
             rustix::fs::unlinkat(&dpfd, wh_name(newname), AtFlags::empty())?;
         }
-        if src_dir && (dst_lower || dslot != Slot::Free) {
-            work.set_opaque(&dpfd, newname)?;
+        match &src_redirect {
+            Some(r) => work.set_redirect(&dpfd, newname, r)?,
+            None if src_dir && (dst_lower || dslot != Slot::Free) => {
+                work.set_opaque(&dpfd, newname)?
+            }
+            None => {}
         }
         if src_lower {
             work.whiteout(&spfd, name)?;
@@ -483,6 +518,9 @@ impl Overlay {
         t.remove_name(newparent, newname);
         if let Some(s) = src_ino {
             t.rename(s, newparent, newname);
+            if src_redirect.is_some() {
+                t.set_redirect(s, src_redirect);
+            }
             if let Some(n) = t.get_mut(s)
                 && !src_dir
             {

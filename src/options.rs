@@ -39,6 +39,9 @@ pub struct MountOptions {
     /// copies data on every copy-up, for uppers read by kernel overlayfs
     /// mounted without `metacopy=on`.
     pub metacopy: bool,
+    /// Rename directories that exist in a lower layer in place (kernel
+    /// `redirect_dir` format); `redirect_dir=off` answers EXDEV instead.
+    pub redirect_dir: bool,
     pub noacl: bool,
     pub xattr_permissions: u8,
     pub threads: Option<usize>,
@@ -77,6 +80,7 @@ impl Default for MountOptions {
             gid_mapping: Vec::new(),
             static_nlink: false,
             metacopy: true,
+            redirect_dir: true,
             noacl: false,
             xattr_permissions: 0,
             threads: None,
@@ -243,6 +247,18 @@ impl MountOptions {
             "uidmapping" => self.uid_mapping = parse_id_map(key, &need(value)?)?,
             "gidmapping" => self.gid_mapping = parse_id_map(key, &need(value)?)?,
             "static_nlink" => self.static_nlink = true,
+            "redirect_dir" => {
+                let v = need(value)?;
+                self.redirect_dir = match v.as_str() {
+                    "on" | "follow" => true,
+                    "off" | "nofollow" => false,
+                    _ => {
+                        return Err(Error::Options(format!(
+                            "redirect_dir={v}: expected on or off"
+                        )));
+                    }
+                };
+            }
             "metacopy" => {
                 let v = need(value)?;
                 self.metacopy = match v.as_str() {

@@ -33,6 +33,40 @@ pub struct Attr {
     pub st: Stat,
 }
 
+/// Where a node is: its path in the upper layer and in the lower layers
+/// (they differ below a renamed directory). Derefs to the upper path.
+#[derive(Debug, Clone)]
+pub struct NodePath {
+    pub upper: PathBuf,
+    pub lower: PathBuf,
+}
+
+impl NodePath {
+    /// The path to use in layer `lid`.
+    pub fn at(&self, lid: LayerId) -> &Path {
+        if lid == UPPER {
+            &self.upper
+        } else {
+            &self.lower
+        }
+    }
+
+    /// The paths of child `name`, whose lower dirs may be redirected.
+    pub fn child(&self, name: &OsStr, redirect: Option<&Path>) -> NodePath {
+        NodePath {
+            upper: self.upper.join(name),
+            lower: redirect.map_or_else(|| self.lower.join(name), Path::to_path_buf),
+        }
+    }
+}
+
+impl std::ops::Deref for NodePath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.upper
+    }
+}
+
 /// Runtime settings derived from the mount options.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -46,6 +80,7 @@ pub struct Settings {
     /// `xattr_permissions=`: owners and modes kept in this xattr.
     pub override_xattr: Option<&'static str>,
     pub metacopy: bool,
+    pub redirect_dir: bool,
 }
 
 /// One resolved name: where it lives and what it is.
@@ -62,6 +97,8 @@ pub(crate) struct Found {
     pub origin: Option<u64>,
     /// An upper metacopy file: its data is in the next lower file.
     pub metacopy: bool,
+    /// A renamed directory: where its lower dirs are.
+    pub redirect: Option<PathBuf>,
 }
 
 pub struct Overlay {
@@ -138,6 +175,7 @@ impl Overlay {
                 ids: crate::ids::IdMapper::from_options(opts),
                 override_xattr: format::override_xattr_for(opts.xattr_permissions),
                 metacopy: opts.metacopy,
+                redirect_dir: opts.redirect_dir,
             },
         })
     }
@@ -171,11 +209,12 @@ impl Overlay {
     }
 
     /// A copy of a node and its path; ENOENT for a forgotten or unlinked one.
-    pub(crate) fn node_path(&self, ino: Ino) -> Result<(Node, PathBuf)> {
+    pub(crate) fn node_path(&self, ino: Ino) -> Result<(Node, NodePath)> {
         let t = self.read_nodes();
         let n = t.get(ino).ok_or(Errno::NOENT)?;
-        let p = t.path(ino).ok_or(Errno::NOENT)?;
-        Ok((n.clone(), p))
+        let upper = t.path(ino).ok_or(Errno::NOENT)?;
+        let lower = t.lower_path(ino).ok_or(Errno::NOENT)?;
+        Ok((n.clone(), NodePath { upper, lower }))
     }
 
     pub(crate) fn node(&self, ino: Ino) -> Result<Node> {
@@ -194,14 +233,14 @@ impl Overlay {
     pub(crate) fn resolve(
         &self,
         parent: Ino,
-        parent_path: &Path,
+        parent_path: &NodePath,
         layers: &[LayerId],
         name: &OsStr,
     ) -> Result<Option<Found>> {
         let mut found: Option<Found> = None;
         for (i, &lid) in layers.iter().enumerate() {
             let more_below = i + 1 < layers.len();
-            let dir = match self.dir_fd(lid, parent, parent_path) {
+            let dir = match self.dir_fd(lid, parent, parent_path.at(lid)) {
                 Ok(d) => d,
                 // The directory went away in this layer behind our back.
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
@@ -242,6 +281,7 @@ impl Overlay {
                         identity: (lid, st.st_ino),
                         origin,
                         metacopy,
+                        redirect: None,
                     });
                     if fmt != libc::S_IFDIR {
                         // A metacopy file looks further down for its data,
@@ -250,6 +290,17 @@ impl Overlay {
                             break;
                         }
                         continue;
+                    }
+                    // A renamed directory: its lower dirs are found at the
+                    // redirect, in every lower layer.
+                    if lid == UPPER
+                        && let Some(r) = self.read_redirect(&dir, name, parent_path)
+                        && let Some(mut f) = found.take()
+                    {
+                        if !self.stops_below(&dir, name)? {
+                            self.resolve_redirect(&mut f, r)?;
+                        }
+                        return Ok(Some(f));
                     }
                     if more_below && self.stops_below(&dir, name)? {
                         break;
@@ -278,6 +329,60 @@ impl Overlay {
             }
         }
         Ok(found)
+    }
+
+    /// Adds the lower dirs of a renamed directory, found at `redirect`
+    /// from the top of the lower layers down, as kernel overlayfs does.
+    fn resolve_redirect(&self, f: &mut Found, redirect: PathBuf) -> Result<()> {
+        let (rp, rn) = Self::split(&redirect);
+        for lid in 1..=self.lowers.len() as LayerId {
+            let more_below = (lid as usize) < self.lowers.len();
+            let dir = match self.layer(lid)?.dir(rp) {
+                Ok(d) => d,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(e) => return Err(e),
+            };
+            let st = match stat_at(&dir, rn) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => {
+                    if more_below && crate::format::wh_exists(&dir, rn)? {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if is_whiteout_dev(&st) || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                break;
+            }
+            if f.identity.0 == UPPER {
+                f.identity = (lid, st.st_ino);
+            }
+            f.layers.push(lid);
+            if more_below && self.stops_below(&dir, rn)? {
+                break;
+            }
+        }
+        f.redirect = Some(redirect);
+        Ok(())
+    }
+
+    /// The lower path an upper directory was renamed from, if it carries a
+    /// redirect (absolute from the layer root, or a name in the same
+    /// lower parent).
+    fn read_redirect(&self, dir: &OwnedFd, name: &OsStr, parent: &NodePath) -> Option<PathBuf> {
+        let x = self.work.as_ref()?.redirect_xattr?;
+        let mut buf = vec![0u8; 4096];
+        let n = rustix::fs::lgetxattr(crate::layer::proc_path(dir, name), x, &mut buf[..]).ok()?;
+        let v = &buf[..n];
+        use std::os::unix::ffi::OsStrExt;
+        match v.strip_prefix(b"/") {
+            Some(abs) => Some(PathBuf::from(OsStr::from_bytes(abs))),
+            None if !v.is_empty() && !v.contains(&b'/') => {
+                Some(parent.lower.join(OsStr::from_bytes(v)))
+            }
+            None => None,
+        }
     }
 
     /// Whether an upper file carries the metacopy marker.
@@ -344,7 +449,7 @@ impl Overlay {
     pub(crate) fn resolve_linked(
         &self,
         parent: Ino,
-        ppath: &Path,
+        ppath: &NodePath,
         players: &[LayerId],
         name: &OsStr,
     ) -> Result<Option<Found>> {
@@ -373,9 +478,11 @@ impl Overlay {
     /// Records a resolved object in the node table and returns its attributes.
     pub(crate) fn register(&self, parent: Ino, name: &OsStr, f: Found, count: bool) -> Attr {
         let merged = f.layers.len() > 1;
-        let ino = self
-            .write_nodes()
-            .upsert(parent, name, f.fmt, f.layers, f.identity, f.origin, count);
+        let redirect = f.redirect.clone();
+        let mut t = self.write_nodes();
+        let ino = t.upsert(parent, name, f.fmt, f.layers, f.identity, f.origin, count);
+        t.set_redirect(ino, redirect);
+        drop(t);
         self.attr(ino, f.st, merged)
     }
 
@@ -394,18 +501,21 @@ impl Overlay {
     }
 
     /// Stats the topmost object of a node (applying `override_stat`).
-    pub(crate) fn stat_node(&self, node: &Node, path: &Path) -> Result<Stat> {
-        let (ppath, name) = Self::split(path);
-        let dir = if path.as_os_str().is_empty() {
-            Arc::new(self.layer(node.top())?.dir(ppath)?)
+    pub(crate) fn stat_node(&self, node: &Node, path: &NodePath) -> Result<Stat> {
+        let top = node.top();
+        let (ppath, name) = Self::split(path.at(top));
+        let dir = if path.upper.as_os_str().is_empty() {
+            Arc::new(self.layer(top)?.dir(ppath)?)
         } else {
-            self.dir_fd(node.top(), node.parent, ppath)?
+            self.dir_fd(top, node.parent, ppath)?
         };
         let mut st = stat_at(&*dir, name)?;
         self.apply_overrides(&dir, name, &mut st);
+        let data_layer = node.data_layer();
+        let (dpath, dname) = Self::split(path.at(data_layer));
         if node.is_metacopy()
-            && let Ok(d) = self.dir_fd(node.data_layer(), node.parent, ppath)
-            && let Ok(data) = stat_at(&*d, name)
+            && let Ok(d) = self.dir_fd(data_layer, node.parent, dpath)
+            && let Ok(data) = stat_at(&*d, dname)
         {
             st.st_blocks = data.st_blocks;
         }
@@ -512,7 +622,7 @@ impl Overlay {
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         let (node, path) = self.node_path(ino)?;
-        let (ppath, name) = Self::split(&path);
+        let (ppath, name) = Self::split(path.at(node.top()));
         let dir = self.layer(node.top())?.dir(ppath)?;
         let target = rustix::fs::readlinkat(&dir, name, Vec::new())?;
         Ok(target.into_bytes())

@@ -13,7 +13,7 @@ use crate::format::{OPAQUE_FILE, is_whiteout_dev, whiteout_target};
 use crate::handle::Handle;
 use crate::inode::{Ino, LayerId, UPPER};
 use crate::layer::{Result, stat_at};
-use crate::overlay::Overlay;
+use crate::overlay::{NodePath, Overlay};
 
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -57,7 +57,7 @@ impl Overlay {
     /// stopping after `limit` visible names when given.
     pub(crate) fn list_merged(
         &self,
-        path: &std::path::Path,
+        path: &NodePath,
         layers: &[LayerId],
         limit: Option<usize>,
     ) -> Result<Vec<Raw>> {
@@ -67,7 +67,7 @@ impl Overlay {
         for (i, &lid) in layers.iter().enumerate() {
             let last = i + 1 == layers.len();
             let dir = match self.layer(lid)?.open_beneath(
-                path,
+                path.at(lid),
                 OFlags::RDONLY | OFlags::DIRECTORY,
                 Mode::empty(),
             ) {
@@ -149,7 +149,7 @@ impl Overlay {
         &self,
         parent: Ino,
         parent_layers: &[LayerId],
-        parent_path: &std::path::Path,
+        parent_path: &NodePath,
         raw: Vec<Raw>,
     ) -> Vec<DirEntry> {
         let mut out = Vec::with_capacity(raw.len());

@@ -41,6 +41,8 @@ pub struct Work {
     pub origin_xattr: Option<&'static str>,
     /// The kernel's metacopy marker at our privilege.
     pub metacopy_xattr: Option<&'static str>,
+    /// The kernel's redirect xattr (renamed directories) at our privilege.
+    pub redirect_xattr: Option<&'static str>,
     /// The hard-link index dir.
     pub index: Layer,
     /// Where an indexed file keeps its number of names in the merged view.
@@ -109,7 +111,15 @@ impl Work {
                 "user.overlay.cairn.nlink"
             }
         });
+        let redirect_xattr = opaque_xattr.map(|x| {
+            if x.starts_with("trusted.") {
+                "trusted.overlay.redirect"
+            } else {
+                "user.overlay.redirect"
+            }
+        });
         Ok(Work {
+            redirect_xattr,
             dir,
             counter: AtomicU64::new(0),
             whiteout,
@@ -239,6 +249,20 @@ impl Work {
                 }
             }
         }
+    }
+
+    /// Records on a moved directory where its lower dirs are (kernel
+    /// `redirect_dir=on` format: an absolute path from the layer root).
+    pub fn set_redirect(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        lower: &std::path::Path,
+    ) -> Result<()> {
+        let x = self.redirect_xattr.ok_or(Errno::XDEV)?;
+        let mut v = b"/".to_vec();
+        v.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(lower.as_os_str()));
+        rustix::fs::lsetxattr(proc_path(parent, name), x, &v, XattrFlags::empty())
     }
 
     /// Marks directory `name` in `parent` opaque.
