@@ -435,9 +435,9 @@ fn lower_directories_rename_in_place_like_kernel_redirect_dir() {
     // RENAME_EXCHANGE of two lower dirs.
     rustix::fs::renameat_with(
         rustix::fs::CWD,
-        &p.join("moved"),
+        p.join("moved"),
         rustix::fs::CWD,
-        &p.join("empty"),
+        p.join("empty"),
         rustix::fs::RenameFlags::EXCHANGE,
     )
     .unwrap();
