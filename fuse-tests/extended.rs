@@ -136,11 +136,11 @@ fn changes_made_directly_in_the_layers_are_seen() {
     assert_eq!(read(m.path().join("added-below")), "a");
     assert!(fs::metadata(m.path().join("old")).is_err());
     drop(m);
-    // With the default timeout (1 s) the change shows once it expires.
+    // With the default timeout (5 s) the change shows once it expires.
     let m = mount_with(&lower, &upper, &work, &[]);
     assert!(fs::metadata(m.path().join("late")).is_err());
     write(lower.join("late"), "l");
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(5500));
     assert_eq!(read(m.path().join("late")), "l");
 }
 

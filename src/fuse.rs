@@ -328,8 +328,10 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.log(format_args!("open {} {:#x}", ino.0, flags.0));
-        match self.overlay.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        match self.overlay.open_file(ino.0, flags.0) {
+            // Lower files never change: the kernel may keep their pages.
+            Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -345,10 +347,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.overlay.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
+        self.overlay.read_with(fh.0, offset, size, |r| match r {
+            Ok(d) => reply.data(d),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn write(
@@ -377,7 +379,8 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do on close: ENOSYS tells the kernel to stop sending it.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

@@ -104,6 +104,12 @@ pub fn wants_write(flags: i32) -> bool {
 
 impl Overlay {
     pub fn open(&self, ino: Ino, flags: i32) -> Result<u64> {
+        self.open_file(ino, flags).map(|(fh, _)| fh)
+    }
+
+    /// Opens a file; also says whether its data comes from a lower layer
+    /// (which never changes, so the kernel may keep its page cache).
+    pub fn open_file(&self, ino: Ino, flags: i32) -> Result<(u64, bool)> {
         let _ns = if wants_write(flags) {
             let g = self.lock_ns();
             self.copy_up(
@@ -123,16 +129,24 @@ impl Overlay {
             return Err(Errno::ISDIR);
         }
         // A metacopy file is read from the lower file that holds its data.
-        let layer = self.layer(node.data_layer())?;
-        let path = path.at(node.data_layer());
-        let fd = match layer.open_beneath(path, backing_flags(flags), Mode::empty()) {
+        let lid = node.data_layer();
+        let (ppath, name) = Overlay::split(path.at(lid));
+        let dir = self.dir_fd(lid, node.parent, ppath)?;
+        let open = |flags: i32| {
+            rustix::fs::openat(
+                &*dir,
+                name,
+                backing_flags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let fd = match open(flags) {
             // O_NOATIME is refused on files we do not own; drop it.
-            Err(Errno::PERM) if flags & libc::O_NOATIME != 0 => {
-                layer.open_beneath(path, backing_flags(flags & !libc::O_NOATIME), Mode::empty())?
-            }
+            Err(Errno::PERM) if flags & libc::O_NOATIME != 0 => open(flags & !libc::O_NOATIME)?,
             r => r?,
         };
-        Ok(self.handles.insert(Handle::File { ino, fd }))
+        let fh = self.handles.insert(Handle::File { ino, fd });
+        Ok((fh, lid != crate::inode::UPPER))
     }
 
     pub(crate) fn file(&self, fh: u64) -> Result<Arc<Handle>> {
@@ -144,21 +158,42 @@ impl Overlay {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let h = self.file(fh)?;
-        let fd = h.file().ok_or(Errno::BADF)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            match rustix::io::pread(fd, &mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(Errno::INTR) => {}
-                Err(e) if got == 0 => return Err(e),
-                Err(_) => break,
-            }
+        let mut out = Err(Errno::IO);
+        self.read_with(fh, offset, size, |r| out = r.map(<[u8]>::to_vec));
+        out
+    }
+
+    /// Reads into a per-thread buffer and hands the bytes to `f` (the reply),
+    /// so reads allocate nothing.
+    pub fn read_with(&self, fh: u64, offset: u64, size: u32, f: impl FnOnce(Result<&[u8]>)) {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        buf.truncate(got);
-        Ok(buf)
+        let h = match self.file(fh) {
+            Ok(h) => h,
+            Err(e) => return f(Err(e)),
+        };
+        let Some(fd) = h.file() else {
+            return f(Err(Errno::BADF));
+        };
+        BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            let buf = &mut buf[..size as usize];
+            let mut got = 0;
+            while got < buf.len() {
+                match rustix::io::pread(fd, &mut buf[got..], offset + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(Errno::INTR) => {}
+                    Err(e) if got == 0 => return f(Err(e)),
+                    Err(_) => break,
+                }
+            }
+            f(Ok(&buf[..got]))
+        })
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {

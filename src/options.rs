@@ -52,12 +52,13 @@ pub struct MountOptions {
     pub unknown: Vec<String>,
 }
 
-/// The default entry/attr cache time. Short, so that changes made directly
-/// in the layers show up soon; `timeout=0` shows them at once.
 /// Directory fds cached by default: well under the usual 1024 fd limit.
 pub const DEFAULT_DIR_CACHE: usize = 512;
 
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default entry/attr cache time: long enough that a walk of a large
+/// tree stays cached, short enough that changes made directly in the layers
+/// show up soon; `timeout=0` shows them at once.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for MountOptions {
     fn default() -> Self {
