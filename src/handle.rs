@@ -95,7 +95,14 @@ fn backing_flags(flags: i32) -> OFlags {
         | libc::O_DSYNC
         | libc::O_NOATIME
         | libc::O_NONBLOCK;
-    OFlags::from_bits_retain((flags & keep) as u32)
+    let mut f = flags & keep;
+    // A read-only open with O_TRUNC reaches us before the kernel checks
+    // write access (ETXTBSY for a running program): leave the truncation
+    // to the kernel's own setattr, which comes after that check.
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        f &= !libc::O_TRUNC;
+    }
+    OFlags::from_bits_retain(f as u32)
 }
 
 pub fn wants_write(flags: i32) -> bool {
@@ -112,9 +119,10 @@ impl Overlay {
     pub fn open_file(&self, ino: Ino, flags: i32) -> Result<(u64, bool)> {
         let _ns = if wants_write(flags) {
             let g = self.lock_ns();
+            let truncates = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
             self.copy_up(
                 ino,
-                if flags & libc::O_TRUNC != 0 {
+                if truncates {
                     crate::copy_up::CopyUp::Empty
                 } else {
                     crate::copy_up::CopyUp::Full
