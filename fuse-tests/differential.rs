@@ -547,7 +547,33 @@ const REFERENCE_OPTS: &str = "redirect_dir=off,index=on,metacopy=off,xino=off";
 /// Kernel options to read an upper that cairnfs wrote: cairnfs copies up
 /// metadata only by default, which the kernel follows only with metacopy
 /// (that needs redirect_dir, harmless when only reading).
-const READER_OPTS: &str = "index=on,metacopy=on,xino=off";
+const READER_OPTS: &str = "index=off,metacopy=on,xino=off";
+/// Kernel options of the writer in the cross test. The two hard-link
+/// indexes are different formats (the kernel's is keyed by file handles),
+/// so an upper moves between the implementations with the index off.
+const WRITER_OPTS: &str = "redirect_dir=off,index=off,metacopy=off,xino=off";
+/// cairnfs options in the cross test, for the same reason.
+const CROSS_CAIRN: &[&str] = &["index=off"];
+
+/// The options both sides run with in one differential run.
+#[derive(Clone, Copy)]
+struct RunMode {
+    kernel: &'static str,
+    cairn: &'static [&'static str],
+}
+
+/// Kernel defaults: lower directories cannot be renamed (EXDEV).
+const PLAIN: RunMode = RunMode {
+    kernel: REFERENCE_OPTS,
+    cairn: &["redirect_dir=off"],
+};
+
+/// Kernel with everything a rootless user cannot ask of it; cairnfs with its
+/// defaults (redirects, hard-link index, metadata-only copy-up).
+const FULL: RunMode = RunMode {
+    kernel: "redirect_dir=on,index=on,metacopy=on,xino=off",
+    cairn: &[],
+};
 
 impl KernelOverlay {
     fn mount(
@@ -652,7 +678,7 @@ fn mount_fusectl() {
 }
 
 impl Cairn {
-    fn mount(lowers: &[PathBuf], upper: &Path, work: &Path) -> Cairn {
+    fn mount(lowers: &[PathBuf], upper: &Path, work: &Path, opts: &[&str]) -> Cairn {
         init_logging();
         mount_fusectl();
         let ovl = lowers
@@ -660,6 +686,7 @@ impl Cairn {
             .fold(TestOverlay::builder(), |b, l| b.lower(l))
             .upper(upper, work)
             .option("timeout=0")
+            .option(opts.join(","))
             .mount()
             .expect("cairnfs mount");
         let mnt = ovl.path().to_path_buf();
@@ -1078,7 +1105,12 @@ type Tally = BTreeMap<&'static str, BTreeMap<String, u64>>;
 /// Applies `case` to a kernel overlay and a cairnfs overlay over identical
 /// lowers; returns the first divergence. The trees are compared before the
 /// first op, after every `check_every`-th op and at the end.
-fn run_diff(case: &Case, check_every: usize, tally: &mut Tally) -> Result<(), Divergence> {
+fn run_diff(
+    case: &Case,
+    mode: RunMode,
+    check_every: usize,
+    tally: &mut Tally,
+) -> Result<(), Divergence> {
     let tmp = tempfile::Builder::new()
         .prefix("cairn-diff.")
         .tempdir()
@@ -1087,8 +1119,8 @@ fn run_diff(case: &Case, check_every: usize, tally: &mut Tally) -> Result<(), Di
     let c = mkdirs(&tmp.path().join("c"), &["upper", "work"]);
     let k_lowers = build_lowers(&tmp.path().join("k"), case);
     let c_lowers = build_lowers(&tmp.path().join("c"), case);
-    let kern = KernelOverlay::mount(&k_lowers, &k[0], &k[1], &k[2], REFERENCE_OPTS);
-    let cairn = Cairn::mount(&c_lowers, &c[0], &c[1]);
+    let kern = KernelOverlay::mount(&k_lowers, &k[0], &k[1], &k[2], mode.kernel);
+    let cairn = Cairn::mount(&c_lowers, &c[0], &c[1], mode.cairn);
 
     let mut log = String::new();
     let hung = |log: &str, what: &str| Divergence {
@@ -1144,14 +1176,14 @@ fn run_diff(case: &Case, check_every: usize, tally: &mut Tally) -> Result<(), Di
 }
 
 /// Drops ops and lower entries while the same kind of divergence remains.
-fn shrink(case: &Case, sig: &str, budget: &mut usize) -> Case {
+fn shrink(case: &Case, mode: RunMode, sig: &str, budget: &mut usize) -> Case {
     let mut best = case.clone();
     let still_fails = |c: &Case, budget: &mut usize| {
         if *budget == 0 {
             return false;
         }
         *budget -= 1;
-        matches!(run_diff(c, 1, &mut Tally::new()), Err(d) if d.signature == sig)
+        matches!(run_diff(c, mode, 1, &mut Tally::new()), Err(d) if d.signature == sig)
     };
     let mut changed = true;
     while changed && *budget > 0 {
@@ -1211,15 +1243,26 @@ fn seeds(count_var: &str, default: u64) -> (Vec<u64>, bool) {
 const MAX_HANGS: usize = 2;
 
 #[test]
-#[ignore = "known divergences: see report"]
 fn kernel_vs_cairnfs() {
     require_root!();
+    differential(PLAIN, "CAIRN_DIFF_SEEDS", 300);
+}
+
+/// Issue 4: directory renames and hard links against the kernel with
+/// `redirect_dir=on,index=on,metacopy=on`.
+#[test]
+fn kernel_vs_cairnfs_redirect_index_metacopy() {
+    require_root!();
+    differential(FULL, "CAIRN_DIFF_FULL_SEEDS", 150);
+}
+
+fn differential(mode: RunMode, seeds_var: &str, default_seeds: u64) {
     rustix::process::umask(Mode::from(0o022));
-    let (seeds, replay) = seeds("CAIRN_DIFF_SEEDS", 300);
+    let (seeds, replay) = seeds(seeds_var, default_seeds);
     let nops = env_num("CAIRN_DIFF_OPS", 40) as usize;
     // Tree walks cost more than ops: every 10th step in bulk runs, every
     // step when replaying one seed (to find the first bad step).
-    let check_every = if replay { 1 } else { 10 };
+    let check_every = env_num("CAIRN_DIFF_CHECK_EVERY", if replay { 1 } else { 10 }) as usize;
     let mut tally = Tally::new();
     let mut shrink_left = env_num("CAIRN_DIFF_SHRINK", 1);
     let start = Instant::now();
@@ -1233,7 +1276,7 @@ fn kernel_vs_cairnfs() {
         }
         ran += 1;
         let case = gen_case(seed, nops, 0);
-        let Err(d) = run_diff(&case, check_every, &mut tally) else {
+        let Err(d) = run_diff(&case, mode, check_every, &mut tally) else {
             continue;
         };
         eprintln!(
@@ -1246,8 +1289,10 @@ fn kernel_vs_cairnfs() {
         if shrink_left > 0 && !is_hang && !failures.iter().any(|(_, s)| *s == d.signature) {
             shrink_left -= 1;
             let mut budget = 200;
-            let min = shrink(&case, &d.signature, &mut budget);
-            let detail = run_diff(&min, 1, &mut Tally::new()).err().map(|d| d.detail);
+            let min = shrink(&case, mode, &d.signature, &mut budget);
+            let detail = run_diff(&min, mode, 1, &mut Tally::new())
+                .err()
+                .map(|d| d.detail);
             eprintln!(
                 "MINIMAL for seed {seed} ({}):\n{min}  run:\n{}",
                 d.signature,
@@ -1305,7 +1350,7 @@ fn run_cross(case: &Case, first: Impl) -> Result<(), String> {
                 let opts = if ops.is_empty() {
                     READER_OPTS
                 } else {
-                    REFERENCE_OPTS
+                    WRITER_OPTS
                 };
                 let mut k = KernelOverlay::mount(&lowers, &d[0], work, &d[3], opts);
                 for op in ops {
@@ -1316,7 +1361,7 @@ fn run_cross(case: &Case, first: Impl) -> Result<(), String> {
                 Ok(t)
             }
             Impl::Cairn => {
-                let c = Cairn::mount(&lowers, &d[0], work);
+                let c = Cairn::mount(&lowers, &d[0], work, CROSS_CAIRN);
                 for (i, op) in ops.iter().enumerate() {
                     // Results are not compared here, only the final trees.
                     let _ = c
@@ -1355,7 +1400,6 @@ fn run_cross(case: &Case, first: Impl) -> Result<(), String> {
 const CROSS_SALT: u64 = 0x5eed_c055;
 
 #[test]
-#[ignore = "known divergences: see report"]
 fn cross_upper_compat() {
     require_root!();
     rustix::process::umask(Mode::from(0o022));

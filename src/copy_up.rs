@@ -164,7 +164,10 @@ impl Overlay {
         let st = stat_at(&src_dir, name)?;
         // A file with several names is copied once: the copy is linked into
         // the index, and each other name links to it (kernel `index=on`).
-        let linked = fmt_of(&st) == libc::S_IFREG && st.st_nlink > 1;
+        let linked = self.settings.index
+            && work.nlink_xattr.is_some()
+            && fmt_of(&st) == libc::S_IFREG
+            && st.st_nlink > 1;
         let key = Work::index_key(&st);
         if linked {
             match rustix::fs::linkat(work.index.root(), &key, dst_parent, name, AtFlags::empty()) {
@@ -173,7 +176,8 @@ impl Overlay {
                 Err(e) => return Err(e),
             }
         }
-        let what = if linked && what == CopyUp::Meta {
+        // Metacopy only pays (and is only recognised) for files with data.
+        let what = if (linked || st.st_size == 0) && what == CopyUp::Meta {
             CopyUp::Full
         } else {
             what

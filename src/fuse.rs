@@ -142,7 +142,10 @@ impl Filesystem for FuseAdapter {
             Err(rustix::io::Errno::NOENT) if !self.ttl().is_zero() => {
                 reply.entry(&self.ttl(), &negative_attr(), Generation(0))
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => {
+                self.log(format_args!("lookup {} {:?} -> {e}", parent.0, name));
+                reply.error(errno(e))
+            }
         }
     }
 
@@ -154,7 +157,10 @@ impl Filesystem for FuseAdapter {
         self.log(format_args!("getattr {}", ino.0));
         match self.overlay.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.ttl(), &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => {
+                self.log(format_args!("getattr {} -> {e}", ino.0));
+                reply.error(errno(e))
+            }
         }
     }
 

@@ -250,15 +250,19 @@ impl NodeTable {
             if !n.backing.contains(&identity) {
                 n.backing.push(identity);
             }
-            // A hard link keeps its first name as the one used for access,
-            // unless that name is gone.
-            if n.unlinked || (n.parent == parent && n.name == name) || n.layers.is_empty() {
+            // The name just resolved becomes the one used for access: its
+            // layers are the ones found now (another name of a hard link may
+            // still be lower-only). The others stay known as aliases.
+            if !(n.parent == parent && n.name == name) {
+                if !n.unlinked && !n.layers.is_empty() {
+                    let old = (n.parent, std::mem::take(&mut n.name));
+                    n.aliases.push(old);
+                }
+                n.aliases.retain(|(p, a)| !(*p == parent && a == name));
                 n.parent = parent;
                 n.name = name.to_os_string();
-                n.unlinked = false;
-            } else if !n.aliases.iter().any(|(p, a)| *p == parent && a == name) {
-                n.aliases.push((parent, name.to_os_string()));
             }
+            n.unlinked = false;
             n.layers = layers;
             if count {
                 n.lookups += 1;
@@ -315,17 +319,36 @@ impl NodeTable {
 
     /// Moves a node to a new name (rename). Descendants follow automatically
     /// since paths are computed through parents.
-    pub fn rename(&mut self, ino: Ino, new_parent: Ino, new_name: &OsStr) {
-        let Some(n) = self.nodes.get_mut(&ino) else {
-            return;
-        };
-        let old = (n.parent, n.name.clone());
-        n.parent = new_parent;
-        n.name = new_name.to_os_string();
-        n.unlinked = false;
+    /// The name `(old_parent, old_name)` of node `ino` becomes `(new_parent,
+    /// new_name)`: its name used for access when that was it, else the alias.
+    pub fn rename(
+        &mut self,
+        ino: Ino,
+        old_parent: Ino,
+        old_name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+    ) {
+        let old = (old_parent, old_name.to_os_string());
         if self.by_name.get(&old) == Some(&ino) {
             self.by_name.remove(&old);
         }
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if n.parent == old_parent && n.name == old_name {
+            n.parent = new_parent;
+            n.name = new_name.to_os_string();
+        } else if let Some(a) = n
+            .aliases
+            .iter_mut()
+            .find(|(p, a)| *p == old_parent && a == old_name)
+        {
+            *a = (new_parent, new_name.to_os_string());
+        } else {
+            n.aliases.push((new_parent, new_name.to_os_string()));
+        }
+        n.unlinked = false;
         self.by_name
             .insert((new_parent, new_name.to_os_string()), ino);
     }
@@ -433,5 +456,60 @@ mod tests {
         );
         assert_ne!(a, b);
         assert!(t.get(a).unwrap().unlinked);
+    }
+}
+
+#[cfg(test)]
+mod alias_tests {
+    use super::*;
+
+    #[test]
+    fn hard_link_names_survive_removal_of_the_first() {
+        let mut t = NodeTable::new(vec![0, 1]);
+        let b = t.upsert(
+            ROOT,
+            OsStr::new("b"),
+            libc::S_IFDIR,
+            vec![1],
+            (1, 100),
+            None,
+            true,
+        );
+        let c = t.upsert(
+            ROOT,
+            OsStr::new("c"),
+            libc::S_IFREG,
+            vec![1],
+            (1, 5),
+            None,
+            true,
+        );
+        let bb = t.upsert(
+            b,
+            OsStr::new("b"),
+            libc::S_IFREG,
+            vec![1],
+            (1, 5),
+            None,
+            true,
+        );
+        assert_eq!(c, bb);
+        t.add_backing(c, (0, 77));
+        t.remove_name(ROOT, OsStr::new("c"));
+        let again = t.upsert(
+            b,
+            OsStr::new("b"),
+            libc::S_IFREG,
+            vec![0],
+            (0, 77),
+            None,
+            true,
+        );
+        assert_eq!(again, c);
+        assert!(!t.get(c).unwrap().unlinked);
+        assert_eq!(t.path(c).unwrap(), PathBuf::from("b/b"));
+        // The other name is still known and takes over when b/b goes.
+        t.remove_name(b, OsStr::new("b"));
+        assert!(t.get(c).unwrap().unlinked);
     }
 }

@@ -109,7 +109,11 @@ pub fn fuser_config(opts: &MountOptions) -> Config {
         MountOption::NoExec
     });
     c.mount_options = mo;
-    c.acl = if opts.allow_other {
+    // As fuse-overlayfs: when we may (as root, also of a user namespace),
+    // every user may use the mount; the kernel checks permissions
+    // (default_permissions). Containers run as many uids.
+    let may_allow_other = rustix::process::geteuid().is_root();
+    c.acl = if opts.allow_other || may_allow_other {
         SessionACL::All
     } else if opts.allow_root {
         SessionACL::RootAndOwner

@@ -271,9 +271,17 @@ impl Overlay {
         let work = self.work()?;
         let _ns = self.lock_ns();
         let (pnode, ppath) = self.dir_node(parent)?;
-        let found = self
+        let mut found = self
             .resolve_linked(parent, &ppath, &pnode.layers, name)?
             .ok_or(Errno::NOENT)?;
+        if self.keeps_other_names(&found) {
+            // Other names of this lower file stay: copy it up (into the
+            // index) so that they see the right link count from now on.
+            self.copy_up_entry(parent, name, &found)?;
+            found = self
+                .resolve_linked(parent, &ppath, &self.node(parent)?.layers, name)?
+                .ok_or(Errno::NOENT)?;
+        }
         let is_dir = found.fmt == libc::S_IFDIR;
         if dir && !is_dir {
             return Err(Errno::NOTDIR);
@@ -395,7 +403,12 @@ impl Overlay {
         let src = self
             .resolve_linked(parent, &sppath, &spnode.layers, name)?
             .ok_or(Errno::NOENT)?;
-        let dst = self.resolve_linked(newparent, &dppath, &dpnode.layers, newname)?;
+        let mut dst = self.resolve_linked(newparent, &dppath, &dpnode.layers, newname)?;
+        if let Some(d) = dst.as_ref().filter(|d| self.keeps_other_names(d)) {
+            self.copy_up_entry(newparent, newname, d)?;
+            dst =
+                self.resolve_linked(newparent, &dppath, &self.node(newparent)?.layers, newname)?;
+        }
         if parent == newparent && name == newname {
             return Ok(());
         }
@@ -468,13 +481,13 @@ impl Overlay {
             }
             let mut t = self.write_nodes();
             if let Some(s) = src_ino {
-                t.rename(s, newparent, newname);
+                t.rename(s, parent, name, newparent, newname);
                 if src_redirect.is_some() {
                     t.set_redirect(s, src_redirect);
                 }
             }
             if let Some(d) = dst_ino {
-                t.rename(d, parent, name);
+                t.rename(d, newparent, newname, parent, name);
                 if dst_redirect.is_some() {
                     t.set_redirect(d, dst_redirect);
                 }
@@ -517,7 +530,7 @@ impl Overlay {
         let mut t = self.write_nodes();
         t.remove_name(newparent, newname);
         if let Some(s) = src_ino {
-            t.rename(s, newparent, newname);
+            t.rename(s, parent, name, newparent, newname);
             if src_redirect.is_some() {
                 t.set_redirect(s, src_redirect);
             }
@@ -528,6 +541,15 @@ impl Overlay {
             }
         }
         Ok(())
+    }
+
+    /// A lower file with other names, whose removal changes what they show.
+    fn keeps_other_names(&self, f: &Found) -> bool {
+        self.settings.index
+            && f.layers[0] != UPPER
+            && f.fmt == libc::S_IFREG
+            && f.st.st_nlink > 1
+            && self.work.as_ref().is_some_and(|w| w.nlink_xattr.is_some())
     }
 
     /// Copies up the object `name` of `parent` that resolved to `f`.

@@ -42,6 +42,9 @@ pub struct MountOptions {
     /// Rename directories that exist in a lower layer in place (kernel
     /// `redirect_dir` format); `redirect_dir=off` answers EXDEV instead.
     pub redirect_dir: bool,
+    /// Keep hard links together across copy-up (the `cairn-index` dir in
+    /// the work dir); `index=off` copies each name on its own.
+    pub index: bool,
     pub noacl: bool,
     pub xattr_permissions: u8,
     pub threads: Option<usize>,
@@ -82,6 +85,7 @@ impl Default for MountOptions {
             static_nlink: false,
             metacopy: true,
             redirect_dir: true,
+            index: true,
             noacl: false,
             xattr_permissions: 0,
             threads: None,
@@ -152,6 +156,14 @@ fn unescape(s: &str) -> String {
 fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T> {
     v.parse()
         .map_err(|_| Error::Options(format!("{key}={v}: not a valid number")))
+}
+
+fn on_off(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(Error::Options(format!("{key}={v}: expected on or off"))),
+    }
 }
 
 fn bool_value(key: &str, v: &str) -> Result<bool> {
@@ -260,6 +272,7 @@ impl MountOptions {
                     }
                 };
             }
+            "index" => self.index = on_off(key, &need(value)?)?,
             "metacopy" => {
                 let v = need(value)?;
                 self.metacopy = match v.as_str() {

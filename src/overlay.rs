@@ -81,6 +81,7 @@ pub struct Settings {
     pub override_xattr: Option<&'static str>,
     pub metacopy: bool,
     pub redirect_dir: bool,
+    pub index: bool,
 }
 
 /// One resolved name: where it lives and what it is.
@@ -176,6 +177,7 @@ impl Overlay {
                 override_xattr: format::override_xattr_for(opts.xattr_permissions),
                 metacopy: opts.metacopy,
                 redirect_dir: opts.redirect_dir,
+                index: opts.index,
             },
         })
     }
@@ -334,32 +336,66 @@ impl Overlay {
     /// Adds the lower dirs of a renamed directory, found at `redirect`
     /// from the top of the lower layers down, as kernel overlayfs does.
     fn resolve_redirect(&self, f: &mut Found, redirect: PathBuf) -> Result<()> {
-        let (rp, rn) = Self::split(&redirect);
-        for lid in 1..=self.lowers.len() as LayerId {
+        let comps: Vec<&OsStr> = redirect.iter().collect();
+        let Some((last, ancestors)) = comps.split_last() else {
+            return Ok(());
+        };
+        // Each lower layer is searched along the whole path; as in the
+        // kernel, a non-directory, a whiteout or an opaque directory on the
+        // way stops the search in the layers below.
+        'layers: for lid in 1..=self.lowers.len() as LayerId {
             let more_below = (lid as usize) < self.lowers.len();
-            let dir = match self.layer(lid)?.dir(rp) {
-                Ok(d) => d,
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
-                Err(e) => return Err(e),
-            };
-            let st = match stat_at(&dir, rn) {
-                Ok(st) => st,
-                Err(Errno::NOENT) => {
-                    if more_below && crate::format::wh_exists(&dir, rn)? {
+            let mut stop = false;
+            let mut dir = self.layer(lid)?.dir(Path::new(""))?;
+            for c in ancestors {
+                match stat_at(&dir, c) {
+                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+                    Ok(_) => break 'layers,
+                    Err(Errno::NOENT) => {
+                        if crate::format::wh_exists(&dir, c)? {
+                            break 'layers;
+                        }
+                        continue 'layers;
+                    }
+                    Err(e) => return Err(e),
+                }
+                let next = match rustix::fs::openat(
+                    &dir,
+                    *c,
+                    rustix::fs::OFlags::PATH
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                ) {
+                    Ok(d) => d,
+                    Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => continue 'layers,
+                    Err(e) => return Err(e),
+                };
+                if format::is_opaque_dir(&dir, c, &next)? {
+                    stop = true;
+                }
+                dir = next;
+            }
+            match stat_at(&dir, last) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                    if f.identity.0 == UPPER {
+                        f.identity = (lid, st.st_ino);
+                    }
+                    f.layers.push(lid);
+                    if more_below && self.stops_below(&dir, last)? {
                         break;
                     }
-                    continue;
+                }
+                Ok(_) => break,
+                Err(Errno::NOENT) => {
+                    if more_below && crate::format::wh_exists(&dir, last)? {
+                        break;
+                    }
                 }
                 Err(e) => return Err(e),
-            };
-            if is_whiteout_dev(&st) || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                break;
             }
-            if f.identity.0 == UPPER {
-                f.identity = (lid, st.st_ino);
-            }
-            f.layers.push(lid);
-            if more_below && self.stops_below(&dir, rn)? {
+            if stop {
                 break;
             }
         }
@@ -441,7 +477,9 @@ impl Overlay {
     /// Whether a lower file is a name of a file already copied up through
     /// another name (it has an index entry).
     fn needs_link_up(&self, f: &Found) -> bool {
-        f.layers[0] != UPPER && self.work.as_ref().is_some_and(|w| w.indexed(&f.st))
+        self.settings.index
+            && f.layers[0] != UPPER
+            && self.work.as_ref().is_some_and(|w| w.indexed(&f.st))
     }
 
     /// Resolves a name, first linking it to its upper copy when another of

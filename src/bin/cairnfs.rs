@@ -93,6 +93,15 @@ fn run() -> Result<()> {
     }
     let (session, _overlay) = cairn::mount::mount(&opts, &args.mountpoint, args.debug)
         .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
+    // Handlers are installed before the fork so that a signal sent as soon
+    // as we return is already caught by the daemon (no thread starts here;
+    // the one reading them starts in the daemon).
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("signal handler")?;
     if !args.foreground {
         // The mount is live: let the caller go on, keep serving in a child.
         match sys::fork().context("fork")? {
@@ -105,12 +114,6 @@ fn run() -> Result<()> {
     }
     let mut session = session;
     let mut unmounter = session.unmount_callable();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .context("signal handler")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
