@@ -723,31 +723,26 @@ fn root_uidmap_subid_range() {
 }
 
 #[test]
-#[ignore = "cairnfs bug: mounts without allow_other, so container processes other than the mounting user get EACCES"]
 fn rootless_uidmap() {
     uidmap_run(Mode::Rootless, "0:1:2000");
 }
 
 #[test]
-#[ignore = "cairnfs bug: mounts without allow_other, so container processes other than the mounting user get EACCES"]
 fn root_squash_to_uid() {
     squash_run(Mode::Root);
 }
 
 #[test]
-#[ignore = "cairnfs bug: mounts without allow_other, so container processes other than the mounting user get EACCES"]
 fn rootless_squash_to_uid() {
     squash_run(Mode::Rootless);
 }
 
 #[test]
-#[ignore = "cairnfs bug: mounts without allow_other, so container processes other than the mounting user get EACCES"]
 fn root_non_root_user() {
     non_root_user(Mode::Root);
 }
 
 #[test]
-#[ignore = "cairnfs bug: mounts without allow_other, so container processes other than the mounting user get EACCES"]
 fn rootless_non_root_user() {
     non_root_user(Mode::Rootless);
 }
