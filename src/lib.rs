@@ -25,6 +25,7 @@ pub mod format;
 pub mod fuse;
 pub mod handle;
 pub mod harness;
+pub mod idmapped;
 pub mod ids;
 pub mod inode;
 pub mod layer;

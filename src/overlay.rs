@@ -128,8 +128,14 @@ impl Overlay {
             Ok::<_, crate::error::Error>(l)
         };
         let mut lowers = Vec::new();
+        let mapped = !opts.uid_mapping.is_empty() || !opts.gid_mapping.is_empty();
         for p in &opts.lowers {
-            lowers.push(open("lower dir", p)?);
+            let p = if mapped {
+                crate::idmapped::unmapped_path(p)
+            } else {
+                p.clone()
+            };
+            lowers.push(open("lower dir", &p)?);
         }
         let (upper, work) = match (&opts.upper, &opts.work) {
             (Some(u), Some(w)) if !opts.read_only => {
