@@ -55,11 +55,13 @@ fn caller(req: &Request) -> Caller {
 }
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    let nsec = Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64);
+    let t = if sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(sec as u64))
     } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
-    }
+        UNIX_EPOCH.checked_sub(Duration::from_secs(sec.unsigned_abs()))
+    };
+    t.and_then(|t| t.checked_add(nsec)).unwrap_or(UNIX_EPOCH)
 }
 
 fn kind(fmt: u32) -> FileType {
@@ -135,33 +137,39 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.log(format_args!("lookup {} {:?}", parent.0, name));
-        match self.overlay.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
-            // A negative entry lets the kernel cache the miss for the timeout.
-            Err(rustix::io::Errno::NOENT) if !self.ttl().is_zero() => {
-                reply.entry(&self.ttl(), &negative_attr(), Generation(0))
+        guarded(|| {
+            self.log(format_args!("lookup {} {:?}", parent.0, name));
+            match self.overlay.lookup(parent.0, name) {
+                Ok(a) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
+                // A negative entry lets the kernel cache the miss for the timeout.
+                Err(rustix::io::Errno::NOENT) if !self.ttl().is_zero() => {
+                    reply.entry(&self.ttl(), &negative_attr(), Generation(0))
+                }
+                Err(e) => {
+                    self.log(format_args!("lookup {} {:?} -> {e}", parent.0, name));
+                    reply.error(errno(e))
+                }
             }
-            Err(e) => {
-                self.log(format_args!("lookup {} {:?} -> {e}", parent.0, name));
-                reply.error(errno(e))
-            }
-        }
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.overlay.forget(ino.0, nlookup);
+        guarded(|| {
+            self.overlay.forget(ino.0, nlookup);
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.log(format_args!("getattr {}", ino.0));
-        match self.overlay.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.ttl(), &file_attr(&a)),
-            Err(e) => {
-                self.log(format_args!("getattr {} -> {e}", ino.0));
-                reply.error(errno(e))
+        guarded(|| {
+            self.log(format_args!("getattr {}", ino.0));
+            match self.overlay.getattr(ino.0, fh.map(|f| f.0)) {
+                Ok(a) => reply.attr(&self.ttl(), &file_attr(&a)),
+                Err(e) => {
+                    self.log(format_args!("getattr {} -> {e}", ino.0));
+                    reply.error(errno(e))
+                }
             }
-        }
+        });
     }
 
     fn setattr(
@@ -182,30 +190,32 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.log(format_args!(
-            "setattr {} mode={mode:?} uid={uid:?} gid={gid:?} size={size:?}",
-            ino.0
-        ));
-        let a = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: set_time(atime),
-            mtime: set_time(mtime),
-            fh: fh.map(|f| f.0),
-        };
-        match self.overlay.setattr(ino.0, a) {
-            Ok(a) => reply.attr(&self.ttl(), &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded(|| {
+            self.log(format_args!(
+                "setattr {} mode={mode:?} uid={uid:?} gid={gid:?} size={size:?}",
+                ino.0
+            ));
+            let a = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: set_time(atime),
+                mtime: set_time(mtime),
+                fh: fh.map(|f| f.0),
+            };
+            match self.overlay.setattr(ino.0, a) {
+                Ok(a) => reply.attr(&self.ttl(), &file_attr(&a)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.overlay.readlink(ino.0) {
+        guarded(|| match self.overlay.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn mknod(
@@ -218,21 +228,23 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.log(format_args!("mknod {} {:?} {mode:o}", parent.0, name));
-        let what = if mode & libc::S_IFMT == libc::S_IFREG {
-            NewObject::File {
-                flags: libc::O_WRONLY,
+        guarded(|| {
+            self.log(format_args!("mknod {} {:?} {mode:o}", parent.0, name));
+            let what = if mode & libc::S_IFMT == libc::S_IFREG {
+                NewObject::File {
+                    flags: libc::O_WRONLY,
+                }
+            } else {
+                NewObject::Node { rdev: rdev as u64 }
+            };
+            match self
+                .overlay
+                .create_object(caller(req), parent.0, name, mode, umask, what)
+            {
+                Ok((a, _)) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(errno(e)),
             }
-        } else {
-            NewObject::Node { rdev: rdev as u64 }
-        };
-        match self
-            .overlay
-            .create_object(caller(req), parent.0, name, mode, umask, what)
-        {
-            Ok((a, _)) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn mkdir(
@@ -244,34 +256,40 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.log(format_args!("mkdir {} {:?}", parent.0, name));
-        match self.overlay.create_object(
-            caller(req),
-            parent.0,
-            name,
-            mode | libc::S_IFDIR,
-            umask,
-            NewObject::Dir,
-        ) {
-            Ok((a, _)) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded(|| {
+            self.log(format_args!("mkdir {} {:?}", parent.0, name));
+            match self.overlay.create_object(
+                caller(req),
+                parent.0,
+                name,
+                mode | libc::S_IFDIR,
+                umask,
+                NewObject::Dir,
+            ) {
+                Ok((a, _)) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.log(format_args!("unlink {} {:?}", parent.0, name));
-        match self.overlay.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded(|| {
+            self.log(format_args!("unlink {} {:?}", parent.0, name));
+            match self.overlay.unlink(parent.0, name) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.log(format_args!("rmdir {} {:?}", parent.0, name));
-        match self.overlay.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded(|| {
+            self.log(format_args!("rmdir {} {:?}", parent.0, name));
+            match self.overlay.rmdir(parent.0, name) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn symlink(
@@ -282,17 +300,19 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.overlay.create_object(
-            caller(req),
-            parent.0,
-            link_name,
-            libc::S_IFLNK | 0o777,
-            0,
-            NewObject::Symlink { target },
-        ) {
-            Ok((a, _)) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded(|| {
+            match self.overlay.create_object(
+                caller(req),
+                parent.0,
+                link_name,
+                libc::S_IFLNK | 0o777,
+                0,
+                NewObject::Symlink { target },
+            ) {
+                Ok((a, _)) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn rename(
@@ -305,17 +325,19 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.log(format_args!(
-            "rename {} {:?} -> {} {:?}",
-            parent.0, name, newparent.0, newname
-        ));
-        match self
-            .overlay
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded(|| {
+            self.log(format_args!(
+                "rename {} {:?} -> {} {:?}",
+                parent.0, name, newparent.0, newname
+            ));
+            match self
+                .overlay
+                .rename(parent.0, name, newparent.0, newname, flags.bits())
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn link(
@@ -326,20 +348,22 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.overlay.link(ino.0, newparent.0, newname) {
+        guarded(|| match self.overlay.link(ino.0, newparent.0, newname) {
             Ok(a) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.log(format_args!("open {} {:#x}", ino.0, flags.0));
-        match self.overlay.open_file(ino.0, flags.0) {
-            // Lower files never change: the kernel may keep their pages.
-            Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded(|| {
+            self.log(format_args!("open {} {:#x}", ino.0, flags.0));
+            match self.overlay.open_file(ino.0, flags.0) {
+                // Lower files never change: the kernel may keep their pages.
+                Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn read(
@@ -353,9 +377,11 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.overlay.read_with(fh.0, offset, size, |r| match r {
-            Ok(d) => reply.data(d),
-            Err(e) => reply.error(errno(e)),
+        guarded(|| {
+            self.overlay.read_with(fh.0, offset, size, |r| match r {
+                Ok(d) => reply.data(d),
+                Err(e) => reply.error(errno(e)),
+            });
         });
     }
 
@@ -371,10 +397,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.overlay.write(fh.0, offset, data) {
+        guarded(|| match self.overlay.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn flush(
@@ -385,8 +411,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing to do on close: ENOSYS tells the kernel to stop sending it.
-        reply.error(Errno::ENOSYS);
+        guarded(|| {
+            // Nothing to do on close: ENOSYS tells the kernel to stop sending it.
+            reply.error(Errno::ENOSYS);
+        });
     }
 
     fn release(
@@ -399,8 +427,10 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.overlay.release(fh.0);
-        reply.ok();
+        guarded(|| {
+            self.overlay.release(fh.0);
+            reply.ok();
+        });
     }
 
     fn fsync(
@@ -411,17 +441,17 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.overlay.fsync(fh.0, datasync) {
+        guarded(|| match self.overlay.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.overlay.opendir(ino.0) {
+        guarded(|| match self.overlay.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn readdir(
@@ -432,7 +462,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.overlay.readdir(fh.0, offset) {
+        guarded(|| match self.overlay.readdir(fh.0, offset) {
             Ok(list) => {
                 for (off, e) in list {
                     if reply.add(INodeNo(e.ino), off, kind(e.fmt), &e.name) {
@@ -442,7 +472,7 @@ impl Filesystem for FuseAdapter {
                 reply.ok();
             }
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn readdirplus(
@@ -453,37 +483,39 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.overlay.readdir(fh.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let ttl = self.ttl();
-        for (off, e) in list {
-            let dots = e.name == "." || e.name == "..";
-            // The kernel counts a lookup for every entry but `.` and `..`.
-            let attr = if dots {
-                self.overlay.getattr(e.ino, None)
-            } else {
-                self.overlay.lookup(ino.0, &e.name)
+        guarded(|| {
+            let list = match self.overlay.readdir(fh.0, offset) {
+                Ok(l) => l,
+                Err(e) => return reply.error(errno(e)),
             };
-            let Ok(a) = attr else {
-                continue; // gone since the listing was taken
-            };
-            if reply.add(
-                INodeNo(a.ino),
-                off,
-                &e.name,
-                &ttl,
-                &file_attr(&a),
-                Generation(0),
-            ) {
-                if !dots {
-                    self.overlay.forget(a.ino, 1);
+            let ttl = self.ttl();
+            for (off, e) in list {
+                let dots = e.name == "." || e.name == "..";
+                // The kernel counts a lookup for every entry but `.` and `..`.
+                let attr = if dots {
+                    self.overlay.getattr(e.ino, None)
+                } else {
+                    self.overlay.lookup(ino.0, &e.name)
+                };
+                let Ok(a) = attr else {
+                    continue; // gone since the listing was taken
+                };
+                if reply.add(
+                    INodeNo(a.ino),
+                    off,
+                    &e.name,
+                    &ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                ) {
+                    if !dots {
+                        self.overlay.forget(a.ino, 1);
+                    }
+                    break;
                 }
-                break;
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn releasedir(
@@ -494,8 +526,10 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.overlay.releasedir(fh.0);
-        reply.ok();
+        guarded(|| {
+            self.overlay.releasedir(fh.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(
@@ -506,11 +540,13 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        guarded(|| {
+            reply.ok();
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.overlay.statfs() {
+        guarded(|| match self.overlay.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -522,7 +558,7 @@ impl Filesystem for FuseAdapter {
                 s.f_frsize as u32,
             ),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn setxattr(
@@ -535,36 +571,38 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.overlay.setxattr(ino.0, name, value, flags) {
+        guarded(|| match self.overlay.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.overlay.getxattr(ino.0, name) {
+        guarded(|| match self.overlay.getxattr(ino.0, name) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.overlay.listxattr(ino.0) {
+        guarded(|| match self.overlay.listxattr(ino.0) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.overlay.removexattr(ino.0, name) {
+        guarded(|| match self.overlay.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // The kernel checks permissions itself (default_permissions).
-        reply.ok();
+        guarded(|| {
+            // The kernel checks permissions itself (default_permissions).
+            reply.ok();
+        });
     }
 
     fn create(
@@ -577,20 +615,22 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.log(format_args!("create {} {:?} {mode:o}", parent.0, name));
-        match self
-            .overlay
-            .create_file(caller(req), parent.0, name, mode, umask, flags)
-        {
-            Ok((a, fh)) => reply.created(
-                &self.ttl(),
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded(|| {
+            self.log(format_args!("create {} {:?} {mode:o}", parent.0, name));
+            match self
+                .overlay
+                .create_file(caller(req), parent.0, name, mode, umask, flags)
+            {
+                Ok((a, fh)) => reply.created(
+                    &self.ttl(),
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn fallocate(
@@ -603,10 +643,12 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.overlay.fallocate(fh.0, offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded(
+            || match self.overlay.fallocate(fh.0, offset, length, mode) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            },
+        );
     }
 
     fn lseek(
@@ -618,10 +660,10 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.overlay.lseek(fh.0, offset, whence) {
+        guarded(|| match self.overlay.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn copy_file_range(
@@ -637,13 +679,23 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
-            .overlay
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded(|| {
+            match self
+                .overlay
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+}
+
+/// Runs a request handler; a panic in it (a bug) becomes an EIO reply (the
+/// reply is dropped while unwinding) instead of taking the mount down.
+fn guarded(f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        log::error!("cairnfs: a request handler panicked; answered EIO");
     }
 }
 
