@@ -1023,6 +1023,8 @@ type Tree = BTreeMap<String, String>;
 /// cairnfs hides them, which is what a user expects.
 fn snapshot(root: &Path, kernel: bool) -> Tree {
     let mut out = Tree::new();
+    // Inode equality classes: which names share an inode.
+    let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
@@ -1061,11 +1063,17 @@ fn snapshot(root: &Path, kernel: bool) -> Tree {
                 out.insert(format!("{child} (duplicate)"), d);
                 continue;
             }
-            if fs::symlink_metadata(root.join(&child)).is_ok_and(|m| m.is_dir()) {
-                stack.push(child.clone());
+            match fs::symlink_metadata(root.join(&child)) {
+                Ok(m) if m.is_dir() => stack.push(child.clone()),
+                Ok(m) => by_ino.entry(m.ino()).or_default().push(child.clone()),
+                Err(_) => {}
             }
             out.insert(child, d);
         }
+    }
+    for mut names in by_ino.into_values().filter(|n| n.len() > 1) {
+        names.sort();
+        out.insert(format!("{} [same inode]", names[0]), names.join(" "));
     }
     out
 }

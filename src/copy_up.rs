@@ -95,6 +95,9 @@ impl Overlay {
         )?;
         let mut t = self.write_nodes();
         t.add_backing(ino, (UPPER, st.st_ino));
+        if st.st_nlink == 1 || !self.settings.index {
+            t.detach_aliases(ino);
+        }
         if let Some(n) = t.get_mut(ino) {
             n.layers = if what == CopyUp::Meta {
                 vec![UPPER, node.top()]

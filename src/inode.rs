@@ -271,6 +271,27 @@ impl NodeTable {
         ino
     }
 
+    /// After a copy-up that broke a hard link (no index): the other names
+    /// are different files from now on, so they get nodes of their own.
+    pub fn detach_aliases(&mut self, ino: Ino) {
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        let aliases = std::mem::take(&mut n.aliases);
+        let lower: Vec<_> = n.backing.iter().copied().filter(|b| b.0 != UPPER).collect();
+        n.backing.retain(|b| b.0 == UPPER);
+        for id in lower {
+            if self.by_backing.get(&id) == Some(&ino) {
+                self.by_backing.remove(&id);
+            }
+        }
+        for key in aliases {
+            if self.by_name.get(&key) == Some(&ino) {
+                self.by_name.remove(&key);
+            }
+        }
+    }
+
     /// Records an extra backing identity (after a copy-up).
     pub fn add_backing(&mut self, ino: Ino, identity: (LayerId, u64)) {
         self.by_backing.insert(identity, ino);
