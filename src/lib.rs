@@ -18,6 +18,7 @@
 //! ```
 
 pub mod attr;
+pub mod container;
 pub mod copy_up;
 pub mod error;
 pub mod format;
