@@ -121,6 +121,8 @@ fn empty_file(b: &mut tar::Builder<impl Write>, path: &Path) -> io::Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_size(0);
     h.set_mtime(0);
     b.append_data(&mut h, path, io::empty())

@@ -309,7 +309,7 @@ pub fn container_main(a: InitArgs) -> i32 {
         if sig == Signal::CHILD.as_raw() {
             // Reap everything; stop once the command itself is gone.
             let mut main_status = None;
-            while let Ok(Some((pid, st))) = rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            while let Ok(Some((pid, st))) = rustix::process::wait(WaitOptions::NOHANG) {
                 if pid == main_pid {
                     main_status = Some(st.as_raw() as i32);
                 }
