@@ -243,6 +243,8 @@ fn exec_command(spec: &RunSpec, user: &User, tty: Option<OwnedFd>) -> i32 {
         eprintln!("cairn: no command");
         return 125;
     };
+    // exec keeps the signal mask: give the command an empty one.
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let err = Command::new(prog)
         .args(&spec.args[1..])
         .env_clear()

@@ -106,6 +106,7 @@ pub fn start_cairnfs(cairnfs: &Path, opts: &str, merged: &Path) -> Result<i32> {
             if rustix::process::getppid() != Some(me) {
                 sys::exit_now(1);
             }
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
             let e = Command::new(cairnfs)
                 .args(["-f", "-o", opts])
                 .arg(merged)
