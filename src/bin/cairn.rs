@@ -229,7 +229,10 @@ fn create_container(
         .or_else(|| cc["WorkingDir"].as_str().map(str::to_string))
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
-    anyhow::ensure!(cwd.starts_with('/'), "the working directory must be absolute: {cwd}");
+    anyhow::ensure!(
+        cwd.starts_with('/'),
+        "the working directory must be absolute: {cwd}"
+    );
     let mounts = a
         .volumes
         .iter()
@@ -267,7 +270,9 @@ fn create_container(
 fn status_text(cs: &Containers, c: &cairn::container::config::Container) -> String {
     match c.status {
         Status::Created => "Created".into(),
-        Status::Running if cs.is_running(&c.id) => format!("Up since {}", ago(c.started_at.as_deref())),
+        Status::Running if cs.is_running(&c.id) => {
+            format!("Up since {}", ago(c.started_at.as_deref()))
+        }
         Status::Running => "Exited (unknown)".into(),
         Status::Exited => format!(
             "Exited ({}) {}",

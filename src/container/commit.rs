@@ -69,7 +69,9 @@ pub fn commit(cs: &Containers, c: &Container, name: &str) -> Result<Digest> {
             Some(h) => h.push(entry),
             None => config["history"] = json!([entry]),
         }
-        let cbytes = serde_json::to_vec(&config).map_err(io::Error::other).ctx("config")?;
+        let cbytes = serde_json::to_vec(&config)
+            .map_err(io::Error::other)
+            .ctx("config")?;
         let cdigest = Digest::of(&cbytes);
         fs::write(blobs.join(cdigest.hex()), &cbytes).ctx("writing the config")?;
 
@@ -80,7 +82,9 @@ pub fn commit(cs: &Containers, c: &Container, name: &str) -> Result<Digest> {
                 std::os::unix::fs::symlink(store.blob_path(&l.digest), &link)
                     .ctx("linking a base layer")?;
             }
-            layers.push(json!({"mediaType": l.media_type, "digest": l.digest.to_string(), "size": l.size}));
+            layers.push(
+                json!({"mediaType": l.media_type, "digest": l.digest.to_string(), "size": l.size}),
+            );
         }
         layers.push(json!({"mediaType": LAYER_TAR, "digest": diff_id.to_string(), "size": size}));
         let manifest = json!({
@@ -104,8 +108,12 @@ pub fn commit(cs: &Containers, c: &Container, name: &str) -> Result<Digest> {
             }],
         });
         let mut f = fs::File::create(layout.join("index.json")).ctx("writing index.json")?;
-        f.write_all(&serde_json::to_vec(&index).map_err(io::Error::other).ctx("index")?)
-            .ctx("writing index.json")?;
+        f.write_all(
+            &serde_json::to_vec(&index)
+                .map_err(io::Error::other)
+                .ctx("index")?,
+        )
+        .ctx("writing index.json")?;
         fs::write(
             layout.join("oci-layout"),
             br#"{"imageLayoutVersion":"1.0.0"}"#,
@@ -124,5 +132,7 @@ pub fn commit(cs: &Containers, c: &Container, name: &str) -> Result<Digest> {
 
 /// Whether `p` holds anything (an empty upper layer means no changes).
 pub fn has_changes(p: &Path) -> bool {
-    fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false)
+    fs::read_dir(p)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
 }

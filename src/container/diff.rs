@@ -30,7 +30,9 @@ fn sorted_entries(dir: &Path) -> io::Result<Vec<OsString>> {
 }
 
 fn in_lowers(lowers: &[PathBuf], rel: &Path) -> bool {
-    lowers.iter().any(|l| fs::symlink_metadata(l.join(rel)).is_ok())
+    lowers
+        .iter()
+        .any(|l| fs::symlink_metadata(l.join(rel)).is_ok())
 }
 
 fn is_whiteout(md: &fs::Metadata) -> bool {

@@ -8,10 +8,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::process::{Pid, Signal, WaitOptions};
-use nix::sched::CloneFlags;
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
 use super::config::{Network, RunSpec};
@@ -313,7 +313,7 @@ pub fn container_main(a: InitArgs) -> i32 {
             let mut main_status = None;
             while let Ok(Some((pid, st))) = rustix::process::wait(WaitOptions::NOHANG) {
                 if pid == main_pid {
-                    main_status = Some(st.as_raw() as i32);
+                    main_status = Some(st.as_raw());
                 }
             }
             if let Some(st) = main_status {

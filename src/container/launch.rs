@@ -18,7 +18,7 @@
 //!
 //! Every process below the monitor dies with its parent (PDEATHSIG).
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -26,11 +26,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal as NixSignal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, Signal, WaitOptions};
-use nix::sched::CloneFlags;
 
 use super::config::{Container, Containers, Status, is_mountpoint};
 use super::init::{InitArgs, container_main};
@@ -127,14 +127,16 @@ pub fn start_cairnfs(cairnfs: &Path, opts: &str, merged: &Path) -> Result<i32> {
         if let Ok(Some((_, st))) = rustix::process::waitpid(Some(p), WaitOptions::NOHANG) {
             return Err(ContainerError::Launch(format!(
                 "cairnfs exited (status {}) before mounting {}",
-                exit_code(st.as_raw() as i32),
+                exit_code(st.as_raw()),
                 merged.display()
             )));
         }
         if start.elapsed() > Duration::from_secs(30) {
             let _ = rustix::process::kill_process(p, Signal::KILL);
             let _ = sys::waitpid(pid);
-            return Err(ContainerError::Launch("cairnfs did not mount in 30s".into()));
+            return Err(ContainerError::Launch(
+                "cairnfs did not mount in 30s".into(),
+            ));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -171,7 +173,8 @@ fn helper(
     // Our mounts stay in this namespace; the host's still reach us.
     if let Err(e) = rustix::mount::mount_change(
         "/",
-        rustix::mount::MountPropagationFlags::DOWNSTREAM | rustix::mount::MountPropagationFlags::REC,
+        rustix::mount::MountPropagationFlags::DOWNSTREAM
+            | rustix::mount::MountPropagationFlags::REC,
     ) {
         eprintln!("cairn: making / a slave mount: {e}");
         return 125;
@@ -485,7 +488,7 @@ fn monitor(
         let sig = si.ssi_signo as i32;
         if sig == Signal::CHILD.as_raw() {
             if let Ok(Some((_, st))) = rustix::process::waitpid(Some(helper), WaitOptions::NOHANG) {
-                break st.as_raw() as i32;
+                break st.as_raw();
             }
         } else if sig == Signal::WINCH.as_raw() {
             if let Some(m) = master {
@@ -557,23 +560,22 @@ pub fn mount_on_host(cs: &Containers, c: &mut Container) -> Result<PathBuf> {
 /// `cairn umount`: undoes [`mount_on_host`].
 pub fn umount_on_host(cs: &Containers, c: &mut Container) -> Result<()> {
     let merged = cs.dir(&c.id).join("merged");
-    if is_mountpoint(&merged) {
-        if rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty()).is_err() {
-            let st = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&merged)
-                .status()
-                .ctx("running fusermount3")?;
-            if !st.success() {
-                return Err(ContainerError::Launch(format!(
-                    "cannot unmount {}",
-                    merged.display()
-                )));
-            }
+    if is_mountpoint(&merged)
+        && rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty()).is_err()
+    {
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&merged)
+            .status()
+            .ctx("running fusermount3")?;
+        if !st.success() {
+            return Err(ContainerError::Launch(format!(
+                "cannot unmount {}",
+                merged.display()
+            )));
         }
     }
     c.host_mounted = false;
     cs.save(c)?;
-    let _ = fs::metadata(&merged);
     Ok(())
 }

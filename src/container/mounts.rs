@@ -159,8 +159,13 @@ pub fn open_in_root(root: &OwnedFd, dest: &str, dir: bool) -> Result<OwnedFd> {
         let parent = cur.clone();
         cur.push(c);
         let last = i + 1 == comps.len();
-        match rustix::fs::openat2(root, &cur, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), how)
-        {
+        match rustix::fs::openat2(
+            root,
+            &cur,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            how,
+        ) {
             Ok(fd) => {
                 if last {
                     return Ok(fd);
@@ -181,9 +186,13 @@ pub fn open_in_root(root: &OwnedFd, dest: &str, dir: bool) -> Result<OwnedFd> {
                 .with_ctx(|| format!("resolving {dest}"))?;
                 let name = c.as_os_str();
                 if last && !dir {
-                    let pdir =
-                        rustix::fs::openat(&pfd, ".", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                            .with_ctx(|| format!("resolving {dest}"))?;
+                    let pdir = rustix::fs::openat(
+                        &pfd,
+                        ".",
+                        OFlags::RDONLY | OFlags::DIRECTORY,
+                        Mode::empty(),
+                    )
+                    .with_ctx(|| format!("resolving {dest}"))?;
                     rustix::fs::openat(
                         &pdir,
                         name,
@@ -192,9 +201,13 @@ pub fn open_in_root(root: &OwnedFd, dest: &str, dir: bool) -> Result<OwnedFd> {
                     )
                     .with_ctx(|| format!("creating {dest}"))?;
                 } else {
-                    let pdir =
-                        rustix::fs::openat(&pfd, ".", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                            .with_ctx(|| format!("resolving {dest}"))?;
+                    let pdir = rustix::fs::openat(
+                        &pfd,
+                        ".",
+                        OFlags::RDONLY | OFlags::DIRECTORY,
+                        Mode::empty(),
+                    )
+                    .with_ctx(|| format!("resolving {dest}"))?;
                     match rustix::fs::mkdirat(&pdir, name, Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => return Err(e).with_ctx(|| format!("creating {dest}")),
@@ -231,8 +244,11 @@ pub fn setup_rootfs(
     console: Option<&Path>,
 ) -> Result<()> {
     // Nothing mounted from now on propagates back to the helper's namespace.
-    rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
-        .ctx("making / private")?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .ctx("making / private")?;
     let root = merged.to_path_buf();
 
     let rootfd = rustix::fs::open(
@@ -335,9 +351,11 @@ pub fn setup_rootfs(
         let is_dir = m.source.is_dir();
         let fd = open_in_root(&rootfd, &m.dest, is_dir)?;
         let target = proc_fd(&fd);
-        rustix::mount::mount_bind_recursive(&m.source, &target).map_err(|e| ContainerError::Io {
-            context: format!("binding {} on {}", m.source.display(), m.dest),
-            source: e.into(),
+        rustix::mount::mount_bind_recursive(&m.source, &target).map_err(|e| {
+            ContainerError::Io {
+                context: format!("binding {} on {}", m.source.display(), m.dest),
+                source: e.into(),
+            }
         })?;
         if m.readonly {
             // Open the new mount's root and remount through it.

@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rustix::process::{Pid, Signal};
 use nix::sched::CloneFlags;
+use rustix::process::{Pid, Signal};
 
 use super::{ContainerError, Ctx, Result};
 use crate::sys::{self, Fork};
@@ -195,7 +195,9 @@ pub fn spawn(flags: CloneFlags, maps: Option<&IdMaps>, child: impl FnOnce() -> i
             drop(ready_w);
             drop(go_r);
             let mut b = [0u8; 1];
-            let n = ready_r.read(&mut b).ctx("waiting for the namespace helper")?;
+            let n = ready_r
+                .read(&mut b)
+                .ctx("waiting for the namespace helper")?;
             if n == 0 {
                 // The child failed to unshare and said why on stderr.
                 let st = sys::waitpid(pid).ctx("waitpid")?;
@@ -277,18 +279,16 @@ where
     let maps = IdMaps::for_caller();
     let (mut rr, mut w) = pipe()?;
     // `w` moves into the closure: the parent's copy is dropped with it.
-    let pid = spawn(CloneFlags::empty(), Some(&maps), move || {
-        match f() {
-            Ok(v) => {
-                if w.write_all(&[0]).and_then(|_| w.write_all(&v)).is_err() {
-                    return 1;
-                }
-                0
+    let pid = spawn(CloneFlags::empty(), Some(&maps), move || match f() {
+        Ok(v) => {
+            if w.write_all(&[0]).and_then(|_| w.write_all(&v)).is_err() {
+                return 1;
             }
-            Err(e) => {
-                let _ = w.write_all(&[1]).and_then(|_| w.write_all(e.as_bytes()));
-                1
-            }
+            0
+        }
+        Err(e) => {
+            let _ = w.write_all(&[1]).and_then(|_| w.write_all(e.as_bytes()));
+            1
         }
     })?;
     let mut out = Vec::new();
