@@ -324,3 +324,29 @@ pub fn container_main(a: InitArgs) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:u:/home/user:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nuser:x:1000:\nwheel:x:10:user,other\n";
+
+    #[test]
+    fn users() {
+        let u = resolve_user("", PASSWD, GROUP).unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/root"));
+        let u = resolve_user("user", PASSWD, GROUP).unwrap();
+        assert_eq!(
+            (u.uid, u.gid, u.groups.clone()),
+            (1000, 1000, vec![1000, 10])
+        );
+        assert_eq!(u.home, "/home/user");
+        let u = resolve_user("1000:wheel", PASSWD, GROUP).unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 10));
+        let u = resolve_user("4242:7", PASSWD, GROUP).unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 7, "/"));
+        assert!(resolve_user("nobody", PASSWD, GROUP).is_err());
+        assert!(resolve_user("user:nogroup", PASSWD, GROUP).is_err());
+    }
+}
