@@ -18,6 +18,7 @@
 //! ```
 
 pub mod attr;
+pub mod container;
 pub mod copy_up;
 pub mod dircache;
 pub mod error;

@@ -1,4 +1,5 @@
-//! `cairn`: images (and, later, containers) in a content-addressed store.
+//! `cairn`: images in a content-addressed store, and containers that run
+//! them over cairnfs in their own namespaces (rootless too).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -8,6 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use cairn::container::config::{BindMount, Containers, Network, RunSpec, Status};
+use cairn::container::{commit, diff, launch};
 use cairn::store::archive::{self, SaveFormat};
 use cairn::store::df::{self, human_size};
 use cairn::store::gc::{self, GcReport, PruneMode};
@@ -88,8 +91,320 @@ enum Cmd {
         all: bool,
     },
     // ---------------------------------------------------------------------
-    // Container commands (`run`, `ps`, `rm`, ...) go here: issue 6.
-    // ---------------------------------------------------------------------
+    // Containers
+    /// Run a command in a new container (exit status: the command's, 128+N
+    /// when signal N killed it, 125 when the container could not start).
+    Run(RunArgs),
+    /// List containers.
+    Ps {
+        /// Also stopped ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Only the ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove containers (with their writes).
+    Rm {
+        /// Kill running ones first.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Run a stopped container again, its writes kept (always attached).
+    Start {
+        /// Attach to its output (the default; accepted for docker's syntax).
+        #[arg(short, long)]
+        attach: bool,
+        /// Keep stdin open.
+        #[arg(short, long)]
+        interactive: bool,
+        container: String,
+    },
+    /// List what a container changed: A added, C changed, D deleted.
+    Diff { container: String },
+    /// Make an image of a container: its image plus its changes as a layer.
+    Commit {
+        container: String,
+        /// NAME[:TAG]
+        image: String,
+    },
+    /// Mount a stopped container's merged root on the host; prints the path.
+    Mount { container: String },
+    /// Undo `cairn mount`.
+    Umount { container: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NetArg {
+    Host,
+    None,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Remove the container and its writes when it exits.
+    #[arg(long)]
+    rm: bool,
+    #[arg(long)]
+    name: Option<String>,
+    /// Set an environment variable (K=V, or K to copy it from here).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// UID[:GID] or NAME[:GROUP] inside the container.
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Bind mount HOST:CTR[:ro].
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
+    volumes: Vec<String>,
+    #[arg(long, value_enum, default_value = "host")]
+    network: NetArg,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a terminal.
+    #[arg(short, long)]
+    tty: bool,
+    image: String,
+    /// Command and arguments (default: the image's entrypoint and cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
+}
+
+fn json_strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Creates a container from `run` flags and the image's config.
+fn create_container(
+    store: &Store,
+    cs: &Containers,
+    a: RunArgs,
+) -> Result<cairn::container::config::Container> {
+    let m = store.read_meta()?;
+    let (id, _) = m.resolve(&a.image)?;
+    let img = m
+        .images
+        .get(&id)
+        .with_context(|| format!("image {id} has no record"))?;
+    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&img.config)?)?;
+    let cc = &config["config"];
+    let mut args = json_strings(&cc["Entrypoint"]);
+    if a.cmd.is_empty() {
+        args.extend(json_strings(&cc["Cmd"]));
+    } else {
+        args.extend(a.cmd);
+    }
+    if args.is_empty() {
+        return Err(cairn::container::ContainerError::NoCommand.into());
+    }
+    let mut env = json_strings(&cc["Env"]);
+    for e in a.env {
+        let kv = if e.contains('=') {
+            e
+        } else {
+            match std::env::var(&e) {
+                Ok(v) => format!("{e}={v}"),
+                Err(_) => continue,
+            }
+        };
+        let k = kv.split('=').next().unwrap_or("").to_string();
+        env.retain(|x| x.split('=').next() != Some(&k));
+        env.push(kv);
+    }
+    let cwd = a
+        .workdir
+        .or_else(|| cc["WorkingDir"].as_str().map(str::to_string))
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    anyhow::ensure!(
+        cwd.starts_with('/'),
+        "the working directory must be absolute: {cwd}"
+    );
+    let mounts = a
+        .volumes
+        .iter()
+        .map(|v| BindMount::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = RunSpec {
+        args,
+        env,
+        cwd,
+        user: a
+            .user
+            .or_else(|| cc["User"].as_str().map(str::to_string))
+            .unwrap_or_default(),
+        hostname: String::new(),
+        mounts,
+        network: match a.network {
+            NetArg::Host => Network::Host,
+            NetArg::None => Network::None,
+        },
+        tty: a.tty,
+        interactive: a.interactive,
+    };
+    let layers = img
+        .layers
+        .iter()
+        .rev()
+        .map(|l| store.layer_diff_path(&l.chain_id))
+        .collect();
+    let mut c = cs.create(a.name.as_deref(), &id, &a.image, layers, spec, a.rm)?;
+    c.spec.hostname = a.hostname.unwrap_or_else(|| c.short_id().to_string());
+    cs.save(&c)?;
+    Ok(c)
+}
+
+fn status_text(cs: &Containers, c: &cairn::container::config::Container) -> String {
+    match c.status {
+        Status::Created => "Created".into(),
+        Status::Running if cs.is_running(&c.id) => {
+            format!("Up since {}", ago(c.started_at.as_deref()))
+        }
+        Status::Running => "Exited (unknown)".into(),
+        Status::Exited => format!(
+            "Exited ({}) {}",
+            c.exit_code.map(|c| c.to_string()).unwrap_or("?".into()),
+            ago(c.finished_at.as_deref())
+        ),
+    }
+}
+
+fn container_cmd(store: &Store, cmd: Cmd, out: &mut impl Write) -> Result<i32> {
+    let cs = Containers::new(store)?;
+    match cmd {
+        Cmd::Run(a) => {
+            let mut c = create_container(store, &cs, a)?;
+            let code = launch::run(&cs, &mut c)?;
+            return Ok(code);
+        }
+        Cmd::Start {
+            container,
+            interactive,
+            ..
+        } => {
+            let mut c = cs.resolve(&container)?;
+            if interactive {
+                c.spec.interactive = true;
+            }
+            return Ok(launch::run(&cs, &mut c)?);
+        }
+        Cmd::Ps { all, quiet } => {
+            if !quiet {
+                writeln!(
+                    out,
+                    "{:<14} {:<24} {:<24} {:<21} {:<32} NAMES",
+                    "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS"
+                )?;
+            }
+            for c in cs.list()? {
+                let running = cs.is_running(&c.id);
+                if !all && !running {
+                    continue;
+                }
+                if quiet {
+                    writeln!(out, "{}", c.short_id())?;
+                    continue;
+                }
+                let mut cmd = c.spec.args.join(" ");
+                if cmd.chars().count() > 22 {
+                    cmd = format!("{}…", cmd.chars().take(21).collect::<String>());
+                }
+                writeln!(
+                    out,
+                    "{:<14} {:<24} {:<24} {:<21} {:<32} {}",
+                    c.short_id(),
+                    c.image_ref,
+                    format!("\"{cmd}\""),
+                    ago(Some(&c.created)),
+                    status_text(&cs, &c),
+                    c.name
+                )?;
+            }
+        }
+        Cmd::Rm { force, containers } => {
+            let mut failed = false;
+            for r in containers {
+                let res = (|| -> Result<()> {
+                    let c = cs.resolve(&r)?;
+                    if cs.is_running(&c.id) {
+                        anyhow::ensure!(
+                            force,
+                            "container {} is running: stop it or use rm -f",
+                            c.name
+                        );
+                        launch::kill(&cs, &c)?;
+                    }
+                    let mut c = cs.resolve(&c.id)?;
+                    if c.host_mounted {
+                        launch::umount_on_host(&cs, &mut c)?;
+                    }
+                    cs.remove(&c)?;
+                    Ok(())
+                })();
+                match res {
+                    Ok(()) => writeln!(out, "{r}")?,
+                    Err(e) => {
+                        eprintln!("cairn: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(if failed { 1 } else { 0 });
+        }
+        Cmd::Diff { container } => {
+            let c = cs.resolve(&container)?;
+            let cdir = cs.dir(&c.id);
+            let mut lowers = vec![cdir.join("init")];
+            lowers.extend(c.layers.iter().cloned());
+            let upper = cdir.join("upper");
+            let text = cairn::container::userns::run_as_root(move || {
+                diff::changes(&upper, &lowers)
+                    .map(|v| {
+                        v.iter()
+                            .map(|c| format!("{} {}\n", c.kind, c.path))
+                            .collect::<String>()
+                            .into_bytes()
+                    })
+                    .map_err(|e| format!("reading the container's changes: {e}"))
+            })?;
+            out.write_all(&text)?;
+        }
+        Cmd::Commit { container, image } => {
+            let c = cs.resolve(&container)?;
+            anyhow::ensure!(
+                !cs.is_running(&c.id),
+                "container {} is running: commit it once it has stopped",
+                c.name
+            );
+            let id = commit::commit(&cs, &c, &image)?;
+            writeln!(out, "{id}")?;
+        }
+        Cmd::Mount { container } => {
+            let mut c = cs.resolve(&container)?;
+            let p = launch::mount_on_host(&cs, &mut c)?;
+            writeln!(out, "{}", p.display())?;
+        }
+        Cmd::Umount { container } => {
+            let mut c = cs.resolve(&container)?;
+            launch::umount_on_host(&cs, &mut c)?;
+            writeln!(out, "{}", c.name)?;
+        }
+        _ => unreachable!("not a container command"),
+    }
+    Ok(0)
 }
 
 /// indicatif bars, shown only when stderr is a terminal.
@@ -167,18 +482,44 @@ fn print_gc(rep: &GcReport) {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("cairn: {e:#}");
-        std::process::exit(1);
+    // docker's convention: 125 when the container could not be run.
+    let fail = if matches!(cli.cmd, Cmd::Run(_) | Cmd::Start { .. }) {
+        125
+    } else {
+        1
+    };
+    match run(cli) {
+        Ok(code) => {
+            let _ = std::io::stdout().flush();
+            std::process::exit(code);
+        }
+        Err(e) => {
+            eprintln!("cairn: {e:#}");
+            std::process::exit(fail);
+        }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<i32> {
     let root = cli.root.unwrap_or_else(Store::default_root);
     let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
     let bars = Bars::new();
     let mut out = std::io::stdout().lock();
     match cli.cmd {
+        cmd @ (Cmd::Run(_)
+        | Cmd::Start { .. }
+        | Cmd::Ps { .. }
+        | Cmd::Rm { .. }
+        | Cmd::Diff { .. }
+        | Cmd::Commit { .. }
+        | Cmd::Mount { .. }
+        | Cmd::Umount { .. }) => {
+            // The container's output goes straight to our fds: let go of
+            // the lock on stdout first.
+            drop(out);
+            let mut o = std::io::stdout();
+            return container_cmd(&store, cmd, &mut o);
+        }
         Cmd::Load { input, quiet } => {
             let imgs = archive::load(&store, &input, &bars)
                 .with_context(|| format!("loading {}", input.display()))?;
@@ -441,5 +782,5 @@ fn run(cli: Cli) -> Result<()> {
             print_gc(&rep);
         }
     }
-    Ok(())
+    Ok(0)
 }
