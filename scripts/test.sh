@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=0
 scripts/setup.sh
-[ -x scripts/store-test-setup.sh ] && scripts/store-test-setup.sh
+scripts/store-test-setup.sh
+scripts/podman-test-setup.sh
+scripts/run-test-setup.sh
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo build --release --quiet --bins
