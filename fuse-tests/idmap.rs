@@ -110,3 +110,53 @@ fn xattr_permissions_keep_owner_and_mode_in_an_xattr() {
     let n = rustix::fs::llistxattr(p.join("f"), &mut buf[..]).unwrap();
     assert_eq!(n, 0);
 }
+
+fn set_override(p: impl AsRef<std::path::Path>, v: &str) {
+    rustix::fs::lsetxattr(
+        p.as_ref(),
+        "user.containers.override_stat",
+        v.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+/// A layer whose root carries `user.containers.override_stat` (how
+/// containers/storage marks a rootless layer it could not chown) has the
+/// owners and modes of all its files and directories in that xattr, as
+/// fuse-overlayfs reads them; without the mark only empty files (devices)
+/// are overridden. chmod through the mount updates the override.
+#[test]
+fn a_marked_layer_keeps_owners_of_files_and_dirs_in_override_stat() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    fs::create_dir(lower.join("home")).unwrap();
+    write(lower.join("home/suid"), "#!/bin/sh\n");
+    fs::set_permissions(lower.join("home/suid"), fs::Permissions::from_mode(0o644)).unwrap();
+    set_override(lower.join("home/suid"), "1000:1000:04755:file");
+    set_override(lower.join("home"), "1000:100:0700:dir");
+    let unmarked = TestOverlay::builder().lower(&lower).mount().unwrap();
+    let p = unmarked.path();
+    assert_eq!(owner(p.join("home/suid")), (0, 0));
+    assert_eq!(mode(p.join("home/suid")) & 0o7777, 0o644);
+    drop(unmarked);
+
+    set_override(&lower, "0:0:0755:dir");
+    let m = TestOverlay::builder().lower(&lower).mount().unwrap();
+    let p = m.path();
+    assert_eq!(owner(p.join("home/suid")), (1000, 1000));
+    assert_eq!(mode(p.join("home/suid")) & 0o7777, 0o4755);
+    assert_eq!(owner(p.join("home")), (1000, 100));
+    assert_eq!(mode(p.join("home")) & 0o7777, 0o700);
+    assert_eq!(read(p.join("home/suid")), "#!/bin/sh\n");
+    fs::set_permissions(p.join("home/suid"), fs::Permissions::from_mode(0o750)).unwrap();
+    assert_eq!(mode(p.join("home/suid")) & 0o7777, 0o750);
+    assert_eq!(owner(p.join("home/suid")), (1000, 1000));
+    // The lower layer is untouched; the copy keeps its owner in the xattr.
+    assert_eq!(mode(lower.join("home/suid")) & 0o7777, 0o644);
+    let mut buf = [0u8; 64];
+    let up = m.upper().join("home/suid");
+    let n = rustix::fs::lgetxattr(&up, "user.containers.override_stat", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"1000:1000:0750:file");
+}

@@ -24,7 +24,8 @@ pub const OPAQUE_XATTRS: [&str; 3] = [
 ];
 
 /// containers/storage's ownership override, honoured on empty regular files
-/// (how rootless stores keep device nodes) and written for 0:0 char devices.
+/// (how rootless stores keep device nodes), on every file and directory of a
+/// layer marked with it on its root, and written for 0:0 char devices.
 pub const OVERRIDE_STAT: &str = "user.containers.override_stat";
 
 /// Xattrs that belong to the overlay format and are never shown or settable
@@ -185,6 +186,24 @@ pub fn read_override_xattr(parent: &impl AsFd, name: &OsStr, xattr: &str) -> Opt
     let mut buf = [0u8; 128];
     let n = rustix::fs::lgetxattr(proc_path(parent, name), xattr, &mut buf[..]).ok()?;
     OverrideStat::parse(&buf[..n])
+}
+
+/// The override xattrs a layer may declare by carrying one on its root, in
+/// fuse-overlayfs's order of preference.
+const LAYER_OVERRIDE_XATTRS: [&str; 3] = [
+    "security.fuseoverlayfs.override_stat",
+    OVERRIDE_STAT,
+    "user.fuseoverlayfs.override_stat",
+];
+
+/// The override xattr a layer declares on its root. containers/storage marks
+/// the layers whose owners and modes it could not set (rootless `force_mask`)
+/// this way, and fuse-overlayfs then reads that xattr for every directory
+/// and regular file of such a layer.
+pub fn layer_override_xattr(root: &impl AsFd) -> Option<&'static str> {
+    LAYER_OVERRIDE_XATTRS.into_iter().find(|x| {
+        rustix::fs::lgetxattr(proc_path(root, OsStr::new(".")), *x, &mut [0u8; 0][..]).is_ok()
+    })
 }
 
 /// Where `xattr_permissions=1|2` keeps owners and modes.

@@ -79,6 +79,10 @@ pub struct Settings {
     pub ids: crate::ids::IdMapper,
     /// `xattr_permissions=`: owners and modes kept in this xattr.
     pub override_xattr: Option<&'static str>,
+    /// The override xattr a layer declares on its root (see
+    /// [`format::layer_override_xattr`]): honoured on every directory and
+    /// regular file, not only on the empty files that stand for devices.
+    pub layer_override_xattr: Option<&'static str>,
     pub metacopy: bool,
     pub redirect_dir: bool,
     pub index: bool,
@@ -167,6 +171,10 @@ impl Overlay {
             root_layers.push(UPPER);
         }
         root_layers.extend((1..=lowers.len()).map(|i| i as LayerId));
+        let layer_override_xattr = upper
+            .iter()
+            .chain(lowers.iter())
+            .find_map(|l| format::layer_override_xattr(l.root()));
         Ok(Overlay {
             upper,
             lowers,
@@ -181,6 +189,7 @@ impl Overlay {
                 static_nlink: opts.static_nlink,
                 ids: crate::ids::IdMapper::from_options(opts),
                 override_xattr: format::override_xattr_for(opts.xattr_permissions),
+                layer_override_xattr,
                 metacopy: opts.metacopy,
                 redirect_dir: opts.redirect_dir,
                 index: opts.index,
@@ -579,7 +588,14 @@ impl Overlay {
         {
             return Some((o, x));
         }
-        if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0 {
+        let fmt = st.st_mode & libc::S_IFMT;
+        if let Some(x) = self.settings.layer_override_xattr
+            && (fmt == libc::S_IFREG || fmt == libc::S_IFDIR)
+            && let Some(o) = format::read_override_xattr(dir, name, x)
+        {
+            return Some((o, x));
+        }
+        if fmt == libc::S_IFREG && st.st_size == 0 {
             return format::read_override(dir, name).map(|o| (o, format::OVERRIDE_STAT));
         }
         None
