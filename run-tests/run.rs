@@ -819,3 +819,120 @@ cases!(
     mount_umount,
     rm_force_running,
 );
+
+// ---------------------------------------------------------------------------
+// A real distribution image: Debian minbase made by debootstrap
+// (`scripts/debootstrap-image.sh`, cached between runs).
+
+const DEBOOTSTRAP_TAR: &str = "/var/tmp/cairn-debootstrap/minbase.tar";
+
+/// The debootstrap tarball; None (after a notice) when it was not built,
+/// except in CI, where the test setup always builds it.
+fn debootstrap_tar(test: &str) -> Option<PathBuf> {
+    let p =
+        PathBuf::from(std::env::var_os("CAIRN_DEBOOTSTRAP_TAR").unwrap_or(DEBOOTSTRAP_TAR.into()));
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: scripts/debootstrap-image.sh builds it",
+        p.display()
+    );
+    eprintln!(
+        "skipped {test}: no {} (run scripts/debootstrap-image.sh)",
+        p.display()
+    );
+    None
+}
+
+/// Imports the Debian image and lists its packages with dpkg and apt.
+fn debian_packages(mode: Mode, test: &str) {
+    let Some(tar) = debootstrap_tar(test) else {
+        return;
+    };
+    let Some(e) = Env::new(mode, test) else {
+        return;
+    };
+    let o = e.cairn(&["import", tar.to_str().unwrap(), "debian:minbase"]);
+    assert_eq!(o.code, 0, "import: {o:?}");
+    let o = e.cairn(&[
+        "run",
+        "--rm",
+        "debian:minbase",
+        "dpkg-query",
+        "-W",
+        "-f",
+        "${Package} ${Status}\\n",
+    ]);
+    assert_eq!(o.code, 0, "dpkg-query: {o:?}");
+    let installed: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with(" install ok installed"))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    for pkg in ["dpkg", "apt", "base-files", "bash", "coreutils", "libc6"] {
+        assert!(
+            installed.contains(&pkg),
+            "{pkg} not installed: {}",
+            o.stdout
+        );
+    }
+    // apt reads the same database through its own cache code.
+    let o = e.cairn(&[
+        "run",
+        "--rm",
+        "debian:minbase",
+        "sh",
+        "-c",
+        "apt list --installed 2>/dev/null",
+    ]);
+    assert_eq!(o.code, 0, "apt list: {o:?}");
+    let apt_listed = o
+        .stdout
+        .lines()
+        .filter(|l| l.contains("[installed"))
+        .count();
+    assert_eq!(
+        apt_listed,
+        installed.len(),
+        "apt and dpkg disagree: {}",
+        o.stdout
+    );
+    // Its own tools work on the merged tree: a user added with useradd, a
+    // file owned by it, seen from a second container after commit.
+    let o = e.cairn(&[
+        "run",
+        "--name",
+        "deb1",
+        "debian:minbase",
+        "sh",
+        "-c",
+        "useradd -u 1234 -m alice && su alice -s /bin/sh -c 'echo hi > /home/alice/note' && stat -c '%U %u' /home/alice/note",
+    ]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "alice 1234\n"), "{o:?}");
+    let o = e.cairn(&["commit", "deb1", "debian:alice"]);
+    assert_eq!(o.code, 0, "commit: {o:?}");
+    let o = e.cairn(&[
+        "run",
+        "--rm",
+        "-u",
+        "alice",
+        "debian:alice",
+        "sh",
+        "-c",
+        "id -un; cat ~/note",
+    ]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "alice\nhi\n"), "{o:?}");
+}
+
+#[test]
+fn root_debian_packages() {
+    debian_packages(Mode::Root, "root_debian_packages");
+}
+
+#[test]
+fn rootless_debian_packages() {
+    debian_packages(Mode::Rootless, "rootless_debian_packages");
+}

@@ -10,6 +10,7 @@ scripts/setup.sh
 scripts/store-test-setup.sh
 scripts/podman-test-setup.sh
 scripts/run-test-setup.sh
+scripts/debootstrap-image.sh > /dev/null
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo build --release --quiet --bins
