@@ -55,6 +55,9 @@ struct Out {
     stderr: String,
 }
 
+/// Called with cairn's pid and its stdout file while it runs.
+type During<'a> = Box<dyn FnOnce(i32, &Path) + 'a>;
+
 /// A store with the busybox image `bb:1` and how to run cairn on it.
 struct Env {
     dir: tempfile::TempDir,
@@ -268,12 +271,18 @@ impl Env {
 
     /// Runs cairn with a timeout; kills its whole process group on expiry.
     fn cairn(&self, args: &[&str]) -> Out {
-        self.cairn_with(args, |_, _| {})
+        self.spawn_and_wait(args, None)
     }
 
     /// Like `cairn`, calling `during(pid, stdout_file)` while it runs; `pid`
     /// is cairn's own (not runuser's).
-    fn cairn_with(&self, args: &[&str], during: impl FnOnce(i32, &Path)) -> Out {
+    fn cairn_with<'a>(&self, args: &[&str], during: impl FnOnce(i32, &Path) + 'a) -> Out {
+        self.spawn_and_wait(args, Some(Box::new(during)))
+    }
+
+    /// Runs cairn; only a caller that needs cairn's pid waits for runuser's
+    /// child to appear (a quick command may be gone before it is seen).
+    fn spawn_and_wait<'a>(&self, args: &[&str], during: Option<During<'a>>) -> Out {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let out_p = self.dir.path().join(format!("out.{n}"));
@@ -283,7 +292,9 @@ impl Env {
         c.stderr(fs::File::create(&err_p).unwrap());
         let mut child = c.spawn().expect("spawn cairn");
         let pid = child.id() as i32;
-        during(self.cairn_pid(pid), &out_p);
+        if let Some(during) = during {
+            during(self.cairn_pid(pid), &out_p);
+        }
         let start = Instant::now();
         let status = loop {
             if let Some(st) = child.try_wait().expect("wait") {
