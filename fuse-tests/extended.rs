@@ -481,3 +481,112 @@ fn lower_directories_rename_in_place_like_kernel_redirect_dir() {
     assert!(fs::metadata(m.path().join("moved")).is_err());
     assert_eq!(read(bottom.join("x/inx")), "x\n");
 }
+
+/// What each of `names` under `dir` resolves to, looked up by name (no
+/// readdir first): contents, `dir`, or the errno.
+fn resolved(dir: &Path, names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| match fs::symlink_metadata(dir.join(n)) {
+            Ok(md) if md.is_dir() => format!("{n}: dir {:?}", names_or_err(&dir.join(n))),
+            Ok(_) => format!(
+                "{n}: {}",
+                fs::read_to_string(dir.join(n)).unwrap_or_default()
+            ),
+            Err(e) => format!("{n}: errno {}", errno(&e)),
+        })
+        .collect()
+}
+
+fn names_or_err(p: &Path) -> Vec<String> {
+    fs::read_dir(p).map(|_| names(p)).unwrap_or_default()
+}
+
+#[test]
+fn deep_stacks_resolve_like_kernel_overlayfs() {
+    require_root!();
+    // Twelve lowers (the name index is used from four on), one directory
+    // merged across all of them; names spread over the layers, hidden by
+    // whiteouts and by an opaque directory further up. Kernel overlayfs
+    // gets its own formats; cairnfs the same tree with some whiteouts as
+    // OCI `.wh.` files (which the kernel does not read).
+    const DEPTH: usize = 12;
+    let t = Tree::new();
+    let build = |set: &str, oci: bool| -> Vec<std::path::PathBuf> {
+        let lowers: Vec<_> = (0..DEPTH)
+            .map(|i| t.dir(&format!("{set}/l{i}/d")))
+            .collect();
+        for n in 0..60 {
+            let name = format!("f{n}");
+            let home = (n * 7) % DEPTH;
+            write(lowers[home].join(&name), &format!("{name} from l{home}\n"));
+            // Some names are also in a layer above, which then wins.
+            if n % 5 == 0 && home > 0 {
+                write(
+                    lowers[home - 1].join(&name),
+                    &format!("{name} over l{home}\n"),
+                );
+            }
+            // Some are deleted above their home.
+            if n % 3 == 1 && home > 1 {
+                let at = lowers[(n % home).min(home - 1)].join(&name);
+                if oci && n % 2 == 0 {
+                    write(at.with_file_name(format!(".wh.{name}")), "");
+                } else if !at.exists() {
+                    whiteout(at);
+                }
+            }
+        }
+        // sub/: in the bottom half, made opaque in l3 with its own file.
+        for l in &lowers[DEPTH / 2..] {
+            write(l.join("sub/below"), "hidden\n");
+        }
+        write(lowers[3].join("sub/mine"), "l3\n");
+        set_opaque_xattr(lowers[3].join("sub"));
+        (0..DEPTH).map(|i| t.dir(&format!("{set}/l{i}"))).collect()
+    };
+    let klowers = build("k", false);
+    let clowers = build("c", true);
+    let mut all: Vec<String> = (0..60).map(|n| format!("f{n}")).collect();
+    all.extend(["sub", "missing", "sub/below", "sub/mine"].map(String::from));
+    let refs: Vec<&Path> = klowers.iter().map(|p| p.as_path()).collect();
+    let (kupper, kwork, kmnt) = (t.dir("kupper"), t.dir("kwork"), t.dir("kmnt"));
+    let k = KernelMount::new(&refs, &kupper, &kwork, &kmnt, "");
+    let (upper, work) = (t.dir("upper"), t.dir("work"));
+    // The default timeout: the index is on.
+    let mount = || {
+        clowers
+            .iter()
+            .fold(TestOverlay::builder(), |b, l| b.lower(l))
+            .upper(&upper, &work)
+            .mount()
+            .unwrap()
+    };
+    let c = mount();
+    let (kd, cd) = (kmnt.join("d"), c.path().join("d"));
+    // Cold lookups by name, then the listing, then lookups again.
+    let want = resolved(&kd, &all);
+    assert!(want.iter().any(|r| r.ends_with("errno 2")), "{want:?}");
+    assert_eq!(resolved(&cd, &all), want);
+    assert_eq!(listing(c.path()), listing(&kmnt));
+    assert_eq!(resolved(&cd, &all), want);
+    // Changes through the mounts: delete, recreate, replace a dir.
+    for m in [&kd, &cd] {
+        for n in ["f0", "f3", "f7", "f11"] {
+            fs::remove_file(m.join(n)).unwrap();
+        }
+        write(m.join("f3"), "recreated\n");
+        write(m.join("new"), "new\n");
+        fs::remove_dir_all(m.join("sub")).unwrap();
+        write(m.join("sub/again"), "again\n");
+    }
+    all.extend(["new", "sub/again"].map(String::from));
+    let want = resolved(&kd, &all);
+    assert_eq!(resolved(&cd, &all), want);
+    assert_eq!(listing(c.path()), listing(&kmnt));
+    drop(c);
+    // A fresh cairnfs mount over what it wrote resolves the same.
+    let c = mount();
+    assert_eq!(resolved(&c.path().join("d"), &all), want);
+    drop(k);
+}

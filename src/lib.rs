@@ -31,6 +31,7 @@ pub mod ids;
 pub mod inode;
 pub mod layer;
 pub mod mount;
+pub mod nameindex;
 pub mod namespace;
 pub mod options;
 pub mod overlay;

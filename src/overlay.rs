@@ -114,6 +114,8 @@ pub struct Overlay {
     pub(crate) handles: Handles,
     /// Recently used directory fds, so lookups do not walk paths again.
     pub(crate) dir_cache: crate::dircache::DirCache,
+    /// Names held by lower dirs of deep stacks (skips layers on lookup).
+    pub(crate) name_index: crate::nameindex::NameIndex,
     /// Serialises operations that change the namespace or copy up, so that
     /// each sees a stable tree; reads never take it.
     ns: Mutex<()>,
@@ -182,6 +184,7 @@ impl Overlay {
             nodes: RwLock::new(NodeTable::new(root_layers)),
             handles: Handles::default(),
             dir_cache: crate::dircache::DirCache::new(opts.dir_cache),
+            name_index: crate::nameindex::NameIndex::new(opts.timeout),
             ns: Mutex::new(()),
             settings: Settings {
                 fsync: opts.fsync,
@@ -255,7 +258,16 @@ impl Overlay {
         name: &OsStr,
     ) -> Result<Option<Found>> {
         let mut found: Option<Found> = None;
+        // Deep stacks: the lower layers that can hold the name or its
+        // whiteout, from the index; the others cost no syscall.
+        let lowers = layers.strip_prefix(&[UPPER]).unwrap_or(layers);
+        let holding = self.name_index.lookup(parent, lowers, name, |lid| {
+            self.dir_fd(lid, parent, parent_path.at(lid))
+        });
         for (i, &lid) in layers.iter().enumerate() {
+            if lid != UPPER && !holding.may_hold(lid) {
+                continue;
+            }
             let more_below = i + 1 < layers.len();
             let dir = match self.dir_fd(lid, parent, parent_path.at(lid)) {
                 Ok(d) => d,
@@ -667,6 +679,7 @@ impl Overlay {
     /// Drops cached fds of a directory node in every layer.
     pub(crate) fn forget_dir_fds(&self, ino: Ino) {
         self.dir_cache.forget(ino, 0..=self.lowers.len() as LayerId);
+        self.name_index.forget(ino);
     }
 
     /// An `O_PATH` fd of directory node `ino` (at `path`) in layer `lid`,
