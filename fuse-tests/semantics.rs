@@ -684,3 +684,116 @@ fn new_files_belong_to_their_creator() {
     let up = fs::metadata(m.upper().join("mine")).unwrap();
     assert_eq!((up.uid(), up.gid()), (65534, 65534));
 }
+
+/// Kernel 6.9 or later: FUSE passthrough exists.
+fn kernel_has_passthrough() -> bool {
+    let r = rustix::system::uname();
+    let rel = r.release().to_string_lossy();
+    let mut v = rel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 9)
+}
+
+/// What a reader opened before a copy-up, a writer and later readers see,
+/// with and without passthrough: the same as on kernel overlayfs.
+fn open_files_across_copy_up(p: &Path) {
+    let mut before = File::open(p.join("f")).unwrap();
+    let mut s = String::new();
+    before.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "lower\n");
+    // The writer copies the file up while `before` still holds the lower one.
+    let mut w = OpenOptions::new().write(true).open(p.join("f")).unwrap();
+    w.write_all(b"upper\n").unwrap();
+    w.sync_all().unwrap();
+    assert_eq!(read(p.join("f")), "upper\n");
+    // An fd opened before the copy-up reads the copied-up file (as on
+    // kernel overlayfs since 4.19), also past what the page cache holds.
+    let mut s = String::new();
+    before.seek(SeekFrom::Start(0)).unwrap();
+    before.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "upper\n");
+    rustix::fs::fadvise(&before, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let mut s = String::new();
+    before.seek(SeekFrom::Start(0)).unwrap();
+    before.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "upper\n");
+    drop((before, w));
+    // New files: written and read back, also through a shared mapping.
+    let mut n = File::create(p.join("new")).unwrap();
+    n.write_all(&vec![7u8; 1 << 20]).unwrap();
+    n.write_all(b"end").unwrap();
+    drop(n);
+    assert_eq!(fs::metadata(p.join("new")).unwrap().len(), (1 << 20) + 3);
+    let data = fs::read(p.join("new")).unwrap();
+    assert!(data.ends_with(b"end") && data[..1 << 20].iter().all(|b| *b == 7));
+    let f = File::open(p.join("f")).unwrap();
+    // SAFETY: a read-only private view of 6 bytes, unmapped below.
+    let mapped = unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            6,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        );
+        assert_ne!(ptr, libc::MAP_FAILED);
+        let v = std::slice::from_raw_parts(ptr as *const u8, 6).to_vec();
+        libc::munmap(ptr, 6);
+        v
+    };
+    assert_eq!(mapped, b"upper\n");
+}
+
+#[test]
+fn passthrough_serves_file_data_with_unchanged_semantics() {
+    require_root!();
+    for opt in ["passthrough=on", "passthrough=off"] {
+        let t = Tree::new();
+        let lower = t.dir("lower");
+        write(lower.join("f"), "lower\n");
+        let before = tree_digest(&lower);
+        let m = TestOverlay::builder()
+            .lower(&lower)
+            .option(opt)
+            .mount()
+            .expect("mount");
+        open_files_across_copy_up(m.path());
+        // Kernel overlayfs, the reference, behaves the same.
+        if opt == "passthrough=on" {
+            let kl = t.dir("klower");
+            write(kl.join("f"), "lower\n");
+            let (ku, kw, km) = (t.dir("kupper"), t.dir("kwork"), t.dir("kmnt"));
+            let o = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                kl.display(),
+                ku.display(),
+                kw.display()
+            );
+            let ok = Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &o])
+                .arg(&km)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kernel overlay mount");
+            open_files_across_copy_up(&km);
+            Command::new("umount").arg(&km).status().unwrap();
+        }
+        assert_eq!(read(m.upper().join("f")), "upper\n");
+        assert_eq!(
+            fs::read(m.upper().join("new")).unwrap().len(),
+            (1 << 20) + 3
+        );
+        assert_eq!(tree_digest(&lower), before, "{opt}: lower changed");
+        let served = m.passthrough_opens();
+        if opt == "passthrough=off" {
+            assert_eq!(served, 0);
+        } else if kernel_has_passthrough() {
+            // reader, new file (create, reopen), mmap'd reopen; not the
+            // writer, which ran beside the reader's registration.
+            assert!(served >= 3, "passthrough opens: {served}");
+        }
+    }
+}

@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
+    FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
 use crate::attr::{SetAttr, SetTime};
 use crate::namespace::NewObject;
 use crate::overlay::{Attr, Caller, Overlay};
+use crate::passthrough::{OpenAs, Passthrough};
 
 /// Largest write the kernel may send (it caps requests at 1 MiB here).
 const MAX_WRITE: u32 = 1 << 20;
@@ -24,11 +25,59 @@ const MAX_WRITE: u32 = 1 << 20;
 pub struct FuseAdapter {
     pub overlay: Arc<Overlay>,
     debug: bool,
+    passthrough: Passthrough<BackingId>,
 }
 
 impl FuseAdapter {
     pub fn new(overlay: Arc<Overlay>, debug: bool) -> FuseAdapter {
-        FuseAdapter { overlay, debug }
+        FuseAdapter {
+            passthrough: Passthrough::new(overlay.upper.is_some()),
+            overlay,
+            debug,
+        }
+    }
+
+    /// The open flags for handle `fh` of `ino`, and the backing file when
+    /// the kernel is to serve it by passthrough. `lower`: its data comes
+    /// from a lower layer, which never changes (the kernel may keep its
+    /// page cache).
+    fn serve(
+        &self,
+        ino: u64,
+        fh: u64,
+        lower: bool,
+        register: impl FnOnce(&std::os::fd::OwnedFd) -> std::io::Result<BackingId>,
+    ) -> Result<(FopenFlags, Option<Arc<BackingId>>), rustix::io::Errno> {
+        let cached = if lower {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        let Some(h) = self.overlay.handles.get(fh) else {
+            return Ok((cached, None));
+        };
+        let Some(fd) = h.file() else {
+            return Ok((cached, None));
+        };
+        match self.passthrough.open(ino, fh, fd, lower, |fd| {
+            register(fd).inspect_err(|e| {
+                self.log(format_args!(
+                    "passthrough off: registering a backing file: {e}"
+                ))
+            })
+        }) {
+            OpenAs::Passthrough(id) => {
+                self.overlay
+                    .passthrough_opens
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok((FopenFlags::empty(), Some(id)))
+            }
+            OpenAs::Cached => Ok((cached, None)),
+            OpenAs::Busy => {
+                self.overlay.release(fh);
+                Err(rustix::io::Errno::BUSY)
+            }
+        }
     }
 
     fn ttl(&self) -> Duration {
@@ -133,6 +182,14 @@ impl Filesystem for FuseAdapter {
         // READDIRPLUS when a walk follows the listing (the kernel decides).
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // Passthrough where the kernel has it; backing files must then be
+        // on an unstacked filesystem (else registering fails and it is off).
+        if self.overlay.settings.passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.enable();
+        }
         Ok(())
     }
 
@@ -358,9 +415,13 @@ impl Filesystem for FuseAdapter {
         guarded(|| {
             self.log(format_args!("open {} {:#x}", ino.0, flags.0));
             match self.overlay.open_file(ino.0, flags.0) {
-                // Lower files never change: the kernel may keep their pages.
-                Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-                Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok((fh, lower)) => {
+                    match self.serve(ino.0, fh, lower, |fd| reply.open_backing(fd)) {
+                        Ok((f, Some(id))) => reply.opened_passthrough(FileHandle(fh), f, &id),
+                        Ok((f, None)) => reply.opened(FileHandle(fh), f),
+                        Err(e) => reply.error(errno(e)),
+                    }
+                }
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -428,6 +489,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         guarded(|| {
+            self.passthrough.release(fh.0);
             self.overlay.release(fh.0);
             reply.ok();
         });
@@ -621,13 +683,24 @@ impl Filesystem for FuseAdapter {
                 .overlay
                 .create_file(caller(req), parent.0, name, mode, umask, flags)
             {
-                Ok((a, fh)) => reply.created(
-                    &self.ttl(),
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((a, fh)) => match self.serve(a.ino, fh, false, |fd| reply.open_backing(fd)) {
+                    Ok((f, Some(id))) => reply.created_passthrough(
+                        &self.ttl(),
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        f,
+                        &id,
+                    ),
+                    Ok((f, None)) => reply.created(
+                        &self.ttl(),
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        f,
+                    ),
+                    Err(e) => reply.error(errno(e)),
+                },
                 Err(e) => reply.error(errno(e)),
             }
         });

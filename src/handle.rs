@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use rustix::fs::{FallocateFlags, Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
@@ -19,6 +19,11 @@ pub enum Handle {
     File {
         ino: Ino,
         fd: OwnedFd,
+        /// `fd` is a lower layer's file: once the node is copied up, reads
+        /// go to its upper file, opened on first need (as kernel overlayfs
+        /// does for fds opened before a copy-up).
+        from_lower: bool,
+        upper: OnceLock<OwnedFd>,
     },
     Dir {
         ino: Ino,
@@ -71,7 +76,7 @@ impl Handles {
     pub fn any_file_of(&self, ino: Ino) -> Option<OwnedFd> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         map.values().find_map(|h| match &**h {
-            Handle::File { ino: i, fd } if *i == ino => fd.try_clone().ok(),
+            Handle::File { ino: i, fd, .. } if *i == ino => fd.try_clone().ok(),
             _ => None,
         })
     }
@@ -117,6 +122,20 @@ impl Overlay {
     /// Opens a file; also says whether its data comes from a lower layer
     /// (which never changes, so the kernel may keep its page cache).
     pub fn open_file(&self, ino: Ino, flags: i32) -> Result<(u64, bool)> {
+        let (fd, lid) = self.open_data(ino, flags)?;
+        let from_lower = lid != crate::inode::UPPER;
+        let fh = self.handles.insert(Handle::File {
+            ino,
+            fd,
+            from_lower,
+            upper: OnceLock::new(),
+        });
+        Ok((fh, from_lower))
+    }
+
+    /// Opens the file that holds node `ino`'s data (copying it up first
+    /// when `flags` ask for writing); also returns its layer.
+    fn open_data(&self, ino: Ino, flags: i32) -> Result<(OwnedFd, crate::inode::LayerId)> {
         let _ns = if wants_write(flags) {
             let g = self.lock_ns();
             let truncates = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -153,8 +172,35 @@ impl Overlay {
             Err(Errno::PERM) if flags & libc::O_NOATIME != 0 => open(flags & !libc::O_NOATIME)?,
             r => r?,
         };
-        let fh = self.handles.insert(Handle::File { ino, fd });
-        Ok((fh, lid != crate::inode::UPPER))
+        Ok((fd, lid))
+    }
+
+    /// The fd that reads of handle `h` go to: its own, or the upper file of
+    /// a lower file's node that has been copied up since it was opened.
+    fn read_fd<'h>(&self, h: &'h Handle) -> Result<&'h OwnedFd> {
+        let Handle::File {
+            ino,
+            fd,
+            from_lower,
+            upper,
+        } = h
+        else {
+            return Err(Errno::BADF);
+        };
+        if !from_lower {
+            return Ok(fd);
+        }
+        if let Some(u) = upper.get() {
+            return Ok(u);
+        }
+        if self
+            .node(*ino)
+            .is_ok_and(|n| n.data_layer() == crate::inode::UPPER)
+            && let Ok((u, _)) = self.open_data(*ino, libc::O_RDONLY)
+        {
+            return Ok(upper.get_or_init(|| u));
+        }
+        Ok(fd)
     }
 
     pub(crate) fn file(&self, fh: u64) -> Result<Arc<Handle>> {
@@ -181,8 +227,9 @@ impl Overlay {
             Ok(h) => h,
             Err(e) => return f(Err(e)),
         };
-        let Some(fd) = h.file() else {
-            return f(Err(Errno::BADF));
+        let fd = match self.read_fd(&h) {
+            Ok(fd) => fd,
+            Err(e) => return f(Err(e)),
         };
         BUF.with(|b| {
             let mut buf = b.borrow_mut();
@@ -249,7 +296,7 @@ impl Overlay {
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
         let h = self.file(fh)?;
-        let fd = h.file().ok_or(Errno::BADF)?;
+        let fd = self.read_fd(&h)?;
         let pos = match whence {
             libc::SEEK_DATA => SeekFrom::Data(offset.max(0) as u64),
             libc::SEEK_HOLE => SeekFrom::Hole(offset.max(0) as u64),
@@ -270,7 +317,7 @@ impl Overlay {
     ) -> Result<u32> {
         let hi = self.file(fh_in)?;
         let ho = self.file(fh_out)?;
-        let (fi, fo) = (hi.file().ok_or(Errno::BADF)?, ho.file().ok_or(Errno::BADF)?);
+        let (fi, fo) = (self.read_fd(&hi)?, ho.file().ok_or(Errno::BADF)?);
         let mut oi = off_in;
         let mut oo = off_out;
         let n = rustix::fs::copy_file_range(
@@ -304,6 +351,12 @@ impl Overlay {
             crate::namespace::NewObject::File { flags },
         )?;
         let fd = fd.ok_or(Errno::IO)?;
-        Ok((a, self.handles.insert(Handle::File { ino: a.ino, fd })))
+        let h = Handle::File {
+            ino: a.ino,
+            fd,
+            from_lower: false,
+            upper: OnceLock::new(),
+        };
+        Ok((a, self.handles.insert(h)))
     }
 }

@@ -13,6 +13,7 @@ pub struct TestOverlay {
     upper: Option<PathBuf>,
     work: Option<PathBuf>,
     session: Option<fuser::BackgroundSession>,
+    overlay: std::sync::Arc<crate::overlay::Overlay>,
     // Declared last: removed after the mount is gone.
     _dir: tempfile::TempDir,
 }
@@ -83,13 +84,14 @@ impl Builder {
         opts.lowers = self.lowers;
         opts.upper = upper.clone();
         opts.work = work.clone();
-        let (session, _) = crate::mount::mount(&opts, &mountpoint, false)?;
+        let (session, overlay) = crate::mount::mount(&opts, &mountpoint, false)?;
         let session = session.spawn().map_err(Error::Mount)?;
         Ok(TestOverlay {
             mountpoint,
             upper,
             work,
             session: Some(session),
+            overlay,
             _dir: dir,
         })
     }
@@ -120,6 +122,13 @@ impl TestOverlay {
 
     pub fn work(&self) -> Option<&Path> {
         self.work.as_deref()
+    }
+
+    /// How many opens the kernel has served by FUSE passthrough.
+    pub fn passthrough_opens(&self) -> u64 {
+        self.overlay
+            .passthrough_opens
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Unmounts now and waits for the server to finish.

@@ -35,6 +35,7 @@ pub mod nameindex;
 pub mod namespace;
 pub mod options;
 pub mod overlay;
+pub mod passthrough;
 pub mod readdir;
 pub mod store;
 pub mod sys;

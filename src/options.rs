@@ -45,6 +45,9 @@ pub struct MountOptions {
     /// Keep hard links together across copy-up (the `cairn-index` dir in
     /// the work dir); `index=off` copies each name on its own.
     pub index: bool,
+    /// FUSE passthrough of file reads and writes where the kernel and the
+    /// server's privileges allow it (`passthrough=off` never tries).
+    pub passthrough: bool,
     pub noacl: bool,
     pub xattr_permissions: u8,
     pub threads: Option<usize>,
@@ -86,6 +89,7 @@ impl Default for MountOptions {
             metacopy: true,
             redirect_dir: true,
             index: true,
+            passthrough: true,
             noacl: false,
             xattr_permissions: 0,
             threads: None,
@@ -273,6 +277,7 @@ impl MountOptions {
                 };
             }
             "index" => self.index = on_off(key, &need(value)?)?,
+            "passthrough" => self.passthrough = on_off(key, &need(value)?)?,
             "metacopy" => {
                 let v = need(value)?;
                 self.metacopy = match v.as_str() {

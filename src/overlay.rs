@@ -86,6 +86,8 @@ pub struct Settings {
     pub metacopy: bool,
     pub redirect_dir: bool,
     pub index: bool,
+    /// Try FUSE passthrough (the adapter decides per open).
+    pub passthrough: bool,
 }
 
 /// One resolved name: where it lives and what it is.
@@ -120,6 +122,8 @@ pub struct Overlay {
     /// each sees a stable tree; reads never take it.
     ns: Mutex<()>,
     pub settings: Settings,
+    /// Opens the kernel serves by FUSE passthrough (counted by the adapter).
+    pub passthrough_opens: std::sync::atomic::AtomicU64,
 }
 
 impl Overlay {
@@ -196,7 +200,9 @@ impl Overlay {
                 metacopy: opts.metacopy,
                 redirect_dir: opts.redirect_dir,
                 index: opts.index,
+                passthrough: opts.passthrough,
             },
+            passthrough_opens: Default::default(),
         })
     }
 
