@@ -139,9 +139,18 @@ fn changes_made_directly_in_the_layers_are_seen() {
     // With the default timeout (5 s) the change shows once it expires.
     let m = mount_with(&lower, &upper, &work, &[]);
     assert!(fs::metadata(m.path().join("late")).is_err());
+    // A change through the mount shows in the listing at once; the
+    // listing may then be cached by the kernel, until the timeout.
+    assert_eq!(names(m.path()), ["added-above", "added-below"]);
+    write(m.path().join("through"), "t");
+    assert_eq!(names(m.path()), ["added-above", "added-below", "through"]);
     write(lower.join("late"), "l");
     std::thread::sleep(Duration::from_millis(5500));
     assert_eq!(read(m.path().join("late")), "l");
+    assert_eq!(
+        names(m.path()),
+        ["added-above", "added-below", "late", "through"]
+    );
 }
 
 #[test]

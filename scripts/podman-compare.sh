@@ -18,9 +18,9 @@
 #
 # Usage (as root): scripts/podman-compare.sh [RUNS]
 # Env: CAIRNFS (default: release build in $CARGO_TARGET_DIR or target/),
-#      FUSE_OVERLAYFS2 (default: ~/.cargo/bin/fuse-overlayfs or
-#      /work/fuse-overlayfs2/bin/fuse-overlayfs; installed there with
-#      `cargo install fuse-overlayfs --root /work/fuse-overlayfs2` if absent).
+#      FUSE_OVERLAYFS2 (default: ~/.cargo/bin/fuse-overlayfs or the copy
+#      scripts/bench-peers.sh installs in /var/tmp/cairn-bench; installed
+#      there with `cargo install fuse-overlayfs` if absent).
 set -uo pipefail
 runs=${1:-10}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,14 +34,15 @@ if [ ! -x "$cairnfs" ]; then
 fi
 fo2=${FUSE_OVERLAYFS2:-}
 if [ -z "$fo2" ]; then
-  for c in "$HOME/.cargo/bin/fuse-overlayfs" /work/fuse-overlayfs2/bin/fuse-overlayfs; do
+  for c in "$HOME/.cargo/bin/fuse-overlayfs" /var/tmp/cairn-bench/peer-fuse-overlayfs-2/bin/fuse-overlayfs; do
     [ -x "$c" ] && { fo2=$c; break; }
   done
 fi
 if [ -z "$fo2" ]; then
-  echo "podman-compare: cargo install fuse-overlayfs (2.x) into /work/fuse-overlayfs2" >&2
-  cargo install fuse-overlayfs --quiet --root /work/fuse-overlayfs2 >&2 || true
-  fo2=/work/fuse-overlayfs2/bin/fuse-overlayfs
+  # The same cache as scripts/bench-peers.sh.
+  echo "podman-compare: cargo install fuse-overlayfs (2.x) into /var/tmp/cairn-bench/peer-fuse-overlayfs-2" >&2
+  cargo install fuse-overlayfs --locked --quiet --version '^2' --root /var/tmp/cairn-bench/peer-fuse-overlayfs-2 >&2 || true
+  fo2=/var/tmp/cairn-bench/peer-fuse-overlayfs-2/bin/fuse-overlayfs
 fi
 
 # Short paths: podman refuses a runroot longer than 50 characters.

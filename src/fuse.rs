@@ -26,7 +26,12 @@ pub struct FuseAdapter {
     pub overlay: Arc<Overlay>,
     debug: bool,
     passthrough: Passthrough<BackingId>,
+    /// When each directory was last listed for the kernel's readdir cache.
+    listed: std::sync::Mutex<lru::LruCache<u64, std::time::Instant>>,
 }
+
+/// Directories whose listing time is remembered (older ones are re-listed).
+const LISTED_DIRS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(64 * 1024).unwrap();
 
 impl FuseAdapter {
     pub fn new(overlay: Arc<Overlay>, debug: bool) -> FuseAdapter {
@@ -34,6 +39,40 @@ impl FuseAdapter {
             passthrough: Passthrough::new(overlay.upper.is_some()),
             overlay,
             debug,
+            listed: std::sync::Mutex::new(lru::LruCache::new(LISTED_DIRS)),
+        }
+    }
+
+    /// Directory handles let the kernel cache listings (FOPEN_CACHE_DIR).
+    /// Changes made through the mount reset that cache in the kernel; for
+    /// changes made directly in the layers, a listing older than the
+    /// timeout is dropped at the next opendir (no FOPEN_KEEP_CACHE), as
+    /// entries and attributes expire. `timeout=0` caches nothing.
+    fn dir_cache_flags(&self, ino: u64) -> FopenFlags {
+        let ttl = self.ttl();
+        if ttl.is_zero() {
+            return FopenFlags::empty();
+        }
+        let fresh = self
+            .listed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .is_some_and(|t| t.elapsed() < ttl);
+        if fresh {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::FOPEN_CACHE_DIR
+        }
+    }
+
+    /// A listing from its start: what the kernel caches from now on.
+    fn note_listing(&self, ino: u64, offset: u64) {
+        if offset == 0 && !self.ttl().is_zero() {
+            self.listed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(ino, std::time::Instant::now());
         }
     }
 
@@ -511,7 +550,7 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         guarded(|| match self.overlay.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.dir_cache_flags(ino.0)),
             Err(e) => reply.error(errno(e)),
         });
     }
@@ -519,11 +558,12 @@ impl Filesystem for FuseAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.note_listing(ino.0, offset);
         guarded(|| match self.overlay.readdir(fh.0, offset) {
             Ok(list) => {
                 for (off, e) in list {
@@ -545,6 +585,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.note_listing(ino.0, offset);
         guarded(|| {
             let list = match self.overlay.readdir(fh.0, offset) {
                 Ok(l) => l,
