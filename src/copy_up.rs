@@ -100,9 +100,9 @@ impl Overlay {
         }
         if let Some(n) = t.get_mut(ino) {
             n.layers = if what == CopyUp::Meta {
-                vec![UPPER, node.top()]
+                smallvec::smallvec![UPPER, node.top()]
             } else {
-                vec![UPPER]
+                smallvec::smallvec![UPPER]
             };
         }
         Ok(())
@@ -146,7 +146,7 @@ impl Overlay {
             Err(e) => return Err(e),
         }
         if let Some(n) = self.write_nodes().get_mut(ino) {
-            n.layers = vec![UPPER];
+            n.layers = smallvec::smallvec![UPPER];
         }
         Ok(())
     }

@@ -12,7 +12,10 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use smallvec::SmallVec;
+use thin_vec::ThinVec;
 
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
@@ -26,6 +29,12 @@ const INO_MASK: u64 = (1 << LAYER_SHIFT) - 1;
 /// Numbers handed out when the derived one is taken or does not fit.
 const DYNAMIC_BASE: u64 = 0xffff << LAYER_SHIFT;
 
+/// The layers of a node, topmost first: inline up to 8, so a node costs no
+/// allocation for them (the table holds one node per name the kernel knows).
+pub type Layers = SmallVec<[LayerId; 8]>;
+/// Other names of a hard-linked node: nearly always none (8 bytes then).
+pub type Aliases = ThinVec<(Ino, OsString)>;
+
 #[derive(Debug, Clone)]
 pub struct Node {
     pub parent: Ino,
@@ -34,16 +43,16 @@ pub struct Node {
     pub fmt: u32,
     /// The layers holding the object, topmost first. A non-directory lives in
     /// exactly one; a merged directory in several.
-    pub layers: Vec<LayerId>,
+    pub layers: Layers,
     /// The kernel's lookup count.
     pub lookups: u64,
     /// Backing identities `(layer, st_ino)` registered for this node.
-    pub backing: Vec<(LayerId, u64)>,
+    pub backing: SmallVec<[(LayerId, u64); 1]>,
     /// Where a renamed directory's lower dirs are (kernel `redirect`),
     /// relative to the layer roots; None when it is its own path.
-    pub redirect: Option<PathBuf>,
+    pub redirect: Option<Box<Path>>,
     /// Other names of a hard-linked object, used when the first goes away.
-    pub aliases: Vec<(Ino, OsString)>,
+    pub aliases: Aliases,
     /// No name refers to this node any more (it may still be open).
     pub unlinked: bool,
 }
@@ -93,11 +102,11 @@ impl NodeTable {
                 parent: ROOT,
                 name: OsString::new(),
                 fmt: libc::S_IFDIR,
-                layers: root_layers,
+                layers: root_layers.into(),
                 lookups: 1,
-                backing: Vec::new(),
+                backing: SmallVec::new(),
                 redirect: None,
-                aliases: Vec::new(),
+                aliases: ThinVec::new(),
                 unlinked: false,
             },
         );
@@ -154,7 +163,7 @@ impl NodeTable {
                 return None;
             }
             if let Some(r) = &n.redirect {
-                base = r.clone();
+                base = r.to_path_buf();
                 break;
             }
             parts.push(&n.name);
@@ -171,7 +180,7 @@ impl NodeTable {
 
     pub fn set_redirect(&mut self, ino: Ino, r: Option<PathBuf>) {
         if let Some(n) = self.nodes.get_mut(&ino) {
-            n.redirect = r;
+            n.redirect = r.map(PathBuf::into_boxed_path);
         }
     }
 
@@ -225,11 +234,11 @@ impl NodeTable {
                         parent,
                         name: name.to_os_string(),
                         fmt,
-                        layers: Vec::new(),
+                        layers: SmallVec::new(),
                         lookups: 0,
-                        backing: Vec::new(),
+                        backing: SmallVec::new(),
                         redirect: None,
-                        aliases: Vec::new(),
+                        aliases: ThinVec::new(),
                         unlinked: false,
                     },
                 );
@@ -263,7 +272,7 @@ impl NodeTable {
                 n.name = name.to_os_string();
             }
             n.unlinked = false;
-            n.layers = layers;
+            n.layers = layers.into();
             if count {
                 n.lookups += 1;
             }

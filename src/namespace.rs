@@ -537,7 +537,7 @@ impl Overlay {
             if let Some(n) = t.get_mut(s)
                 && !src_dir
             {
-                n.layers = vec![UPPER];
+                n.layers = smallvec::smallvec![UPPER];
             }
         }
         Ok(())
