@@ -754,3 +754,111 @@ fn root_non_root_user() {
 fn rootless_non_root_user() {
     non_root_user(Mode::Rootless);
 }
+
+/// A layer that containers/storage wrote in rootless mode with
+/// `force_mask` (modes and owners kept in `user.containers.override_stat`),
+/// mounted directly (as root, read-only): cairnfs shows the tree
+/// fuse-overlayfs shows, with the modes from the xattr.
+#[test]
+fn rootless_storage_layer_reads_like_fuse_overlayfs() {
+    let p = podman_or_skip!(Mode::Rootless);
+    let Some(fo) = ["/usr/bin/fuse-overlayfs", "/bin/fuse-overlayfs"]
+        .into_iter()
+        .find(|f| Path::new(f).exists())
+    else {
+        eprintln!("skipped: no fuse-overlayfs");
+        return;
+    };
+    // A dir and a file of a foreign owner. (No device: podman 4.3 drops
+    // them when rootless; no fifo: it cannot carry a user xattr.)
+    let tar = p.path("devs.tar");
+    {
+        use tar::EntryType as T;
+        let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
+        type Entry<'a> = (&'a str, T, u32, u64, &'a [u8]);
+        let entries: [Entry; 2] = [
+            ("data", T::Directory, 0o750, 1234, b""),
+            ("data/owned", T::Regular, 0o640, 1234, b"secret\n"),
+        ];
+        for (name, kind, mode, owner, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(owner);
+            h.set_gid(owner);
+            h.set_mtime(1_577_836_800);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.finish().unwrap();
+    }
+    let (uid, gid) = user_ids(USER).unwrap();
+    std::os::unix::fs::chown(&tar, Some(uid), Some(gid)).unwrap();
+    // force_mask: containers/storage keeps modes, owners and devices in
+    // `user.containers.override_stat` (what rootless stores use when they
+    // cannot chown or mknod).
+    const MASK: [&str; 2] = ["--storage-opt", "overlay.force_mask=shared"];
+    p.ok(&[
+        MASK[0],
+        MASK[1],
+        "import",
+        "-q",
+        &tar.display().to_string(),
+        "localhost/devs",
+    ]);
+    let layer = PathBuf::from(
+        p.ok(&[
+            MASK[0],
+            MASK[1],
+            "image",
+            "inspect",
+            "--format",
+            "{{.GraphDriver.Data.UpperDir}}",
+            "localhost/devs",
+        ])
+        .trim(),
+    );
+    // On disk the mode is the forced one; the real one is in the xattr.
+    let disk = fs::symlink_metadata(layer.join("data/owned")).unwrap();
+    assert_ne!(disk.mode() & 0o7777, 0o640, "{}", layer.display());
+    let view = |root: &Path| -> Vec<String> {
+        ["data", "data/owned"]
+            .iter()
+            .map(|rel| match fs::symlink_metadata(root.join(rel)) {
+                Ok(md) => format!(
+                    "{rel} {:o} {}:{} rdev {:#x} size {}",
+                    md.mode(),
+                    md.uid(),
+                    md.gid(),
+                    md.rdev(),
+                    if md.is_file() { md.size() } else { 0 }
+                ),
+                Err(e) => format!("{rel} {e}"),
+            })
+            .collect()
+    };
+    let cairn = cairn::harness::TestOverlay::builder()
+        .lower(&layer)
+        .read_only()
+        .mount()
+        .unwrap();
+    let fmnt = p.path("fo-mnt");
+    fs::create_dir(&fmnt).unwrap();
+    let ok = Command::new(fo)
+        .arg("-o")
+        .arg(format!("lowerdir={}", layer.display()))
+        .arg(&fmnt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "fuse-overlayfs mount");
+    let (c, f) = (view(cairn.path()), view(&fmnt));
+    let _ = Command::new("umount").arg(&fmnt).status();
+    assert_eq!(c, f, "cairnfs vs fuse-overlayfs");
+    let owned = fs::symlink_metadata(cairn.path().join("data/owned")).unwrap();
+    assert_eq!(owned.mode() & 0o7777, 0o640, "{c:?}");
+    assert_eq!(
+        fs::read_to_string(cairn.path().join("data/owned")).unwrap(),
+        "secret\n"
+    );
+}
