@@ -797,3 +797,107 @@ fn passthrough_serves_file_data_with_unchanged_semantics() {
         }
     }
 }
+
+/// Runs a shell script (as root, umask 022) in `dir`; its stdout.
+fn sh_in(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask 022; {script}"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn posix_acls_are_enforced_and_inherited_like_a_plain_filesystem() {
+    require_root!();
+    if Command::new("setfacl").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "setfacl missing (package acl)"
+        );
+        eprintln!("skipped: no setfacl");
+        return;
+    }
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    let plain = t.dir("plain");
+    for d in [&lower, &plain] {
+        write(d.join("d/secret"), "s\n");
+        fs::set_permissions(d.join("d/secret"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (upper, work) = (t.dir("upper"), t.dir("work"));
+    let mount = |opt: &str| {
+        let m = TestOverlay::builder()
+            .lower(&lower)
+            .upper(&upper, &work)
+            .option("allow_other")
+            .option(opt)
+            .mount()
+            .unwrap();
+        fs::set_permissions(m.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut dir = m.path().parent();
+        while let Some(d) = dir {
+            if d == Path::new("/") || d == std::env::temp_dir() {
+                break;
+            }
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+            dir = d.parent();
+        }
+        m
+    };
+    let m = mount("timeout=0");
+    // Grant nobody read access by ACL only, set a default ACL on the dir,
+    // create a file and a dir under it; the same on a plain directory.
+    let script = "setfacl -m u:nobody:r d/secret && setfacl -d -m u:nobody:rwx,g::rwx d \
+        && echo new > d/new && mkdir d/sub && touch d/sub/deeper \
+        && getfacl -p d/secret d/new d/sub d/sub/deeper 2>/dev/null && stat -c '%n %a' d/new d/sub d/sub/deeper";
+    let want = sh_in(&plain, script);
+    assert!(want.contains("user:nobody:rwx"), "{want}");
+    assert_eq!(sh_in(m.path(), script), want);
+    let as_nobody = |p: &Path| {
+        Command::new("cat")
+            .arg(p)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    fs::set_permissions(&plain, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut dir = plain.parent();
+    while let Some(d) = dir {
+        if d == Path::new("/") || d == std::env::temp_dir() {
+            break;
+        }
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        dir = d.parent();
+    }
+    assert!(as_nobody(&plain.join("d/secret")), "reference");
+    assert!(
+        as_nobody(&m.path().join("d/secret")),
+        "the ACL grants nobody read"
+    );
+    // chmod keeps the ACL's mask in step (the kernel rewrites it).
+    fs::set_permissions(m.path().join("d/secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(plain.join("d/secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(!as_nobody(&plain.join("d/secret")), "reference after chmod");
+    assert!(!as_nobody(&m.path().join("d/secret")), "after chmod 600");
+    drop(m);
+    // An ACL granting read, stored in the upper layer: enforced, but not
+    // with noacl (the kernel then checks the mode bits alone).
+    sh_in(&upper, "setfacl -m u:nobody:r d/secret");
+    let m = mount("timeout=0");
+    assert!(as_nobody(&m.path().join("d/secret")), "stored ACL");
+    drop(m);
+    let m = mount("noacl");
+    assert!(!as_nobody(&m.path().join("d/secret")), "noacl");
+}

@@ -3,7 +3,7 @@
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 need_apt=()
-for pair in fusermount3:fuse3 fuse-overlayfs:fuse-overlayfs setfattr:attr unshare:util-linux \
+for pair in fusermount3:fuse3 fuse-overlayfs:fuse-overlayfs setfattr:attr setfacl:acl unshare:util-linux \
             busybox:busybox-static; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")

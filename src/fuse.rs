@@ -218,6 +218,13 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // cairnfs applies the umask itself: not under a default ACL.
+        let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
+        // The kernel checks POSIX ACLs (read through getxattr) and keeps
+        // them in step with chmod; the upper filesystem stores them.
+        if self.overlay.settings.acl {
+            let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        }
         // READDIRPLUS when a walk follows the listing (the kernel decides).
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);

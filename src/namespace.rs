@@ -102,12 +102,17 @@ impl Overlay {
         } else {
             ids.disk_gid(caller.gid).unwrap_or(caller.gid)
         };
-        let mut perm = mode & 0o7777 & !umask;
+        let direct = slot == Slot::Free;
+        // Under a default ACL the umask does not apply: the upper
+        // filesystem gives the new object the inherited ACL, masked by the
+        // requested mode, as on any filesystem. (An object built in the
+        // work dir inherits nothing, so the umask applies there.)
+        let inherits = self.settings.acl && direct && has_default_acl(&pfd);
+        let mut perm = mode & 0o7777 & if inherits { !0 } else { !umask };
         let is_dir = matches!(what, NewObject::Dir);
         if is_dir && setgid_parent {
             perm |= libc::S_ISGID;
         }
-        let direct = slot == Slot::Free;
         let tmp = work.temp_name();
         let (dirfd, at): (&OwnedFd, &OsStr) = if direct {
             (&pfd, name)
@@ -577,5 +582,20 @@ impl Overlay {
         let r = self.copy_up(ino, crate::copy_up::CopyUp::Full);
         self.write_nodes().forget(ino, 1);
         r
+    }
+}
+
+/// Whether directory `dir` carries a default ACL.
+fn has_default_acl(dir: &OwnedFd) -> bool {
+    let mut buf = [0u8; 256];
+    match rustix::fs::lgetxattr(
+        proc_path(dir, OsStr::new(".")),
+        "system.posix_acl_default",
+        &mut buf[..],
+    ) {
+        Ok(n) => n > 0,
+        // Larger than the buffer: there is one.
+        Err(Errno::RANGE) => true,
+        Err(_) => false,
     }
 }

@@ -88,6 +88,9 @@ pub struct Settings {
     pub index: bool,
     /// Try FUSE passthrough (the adapter decides per open).
     pub passthrough: bool,
+    /// POSIX ACLs enforced by the kernel and inherited on create (off with
+    /// `noacl`).
+    pub acl: bool,
 }
 
 /// One resolved name: where it lives and what it is.
@@ -201,6 +204,7 @@ impl Overlay {
                 redirect_dir: opts.redirect_dir,
                 index: opts.index,
                 passthrough: opts.passthrough,
+                acl: !opts.noacl,
             },
             passthrough_opens: Default::default(),
         })
