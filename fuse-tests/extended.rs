@@ -82,14 +82,7 @@ fn owners_keep_their_rights_on_read_only_lower_files() {
         .option("timeout=0")
         .mount()
         .unwrap();
-    let mut dir = m.path().parent();
-    while let Some(d) = dir {
-        if d == Path::new("/") || d == std::env::temp_dir() {
-            break;
-        }
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-        dir = d.parent();
-    }
+    reachable_by_all(m.path());
     let home = m.path().join("home");
     let sh = |script: &str| {
         let out = Command::new("sh")

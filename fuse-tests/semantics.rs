@@ -620,15 +620,7 @@ fn permissions_are_checked_like_a_plain_filesystem() {
         .mount()
         .unwrap();
     fs::set_permissions(m.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    // The tempdir holding the mount is 0700: let others reach it.
-    let mut dir = m.path().parent();
-    while let Some(d) = dir {
-        if d == Path::new("/") || d == std::env::temp_dir() {
-            break;
-        }
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-        dir = d.parent();
-    }
+    reachable_by_all(m.path());
     let as_nobody = |args: &[&str]| {
         Command::new(args[0])
             .args(&args[1..])
@@ -659,14 +651,7 @@ fn new_files_belong_to_their_creator() {
         .option("allow_other")
         .mount()
         .unwrap();
-    let mut dir = m.path().parent();
-    while let Some(d) = dir {
-        if d == Path::new("/") || d == std::env::temp_dir() {
-            break;
-        }
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-        dir = d.parent();
-    }
+    reachable_by_all(m.path());
     let f = m.path().join("mine");
     let ok = Command::new("sh")
         .args(["-c", &format!("umask 022; echo hi > '{}'", f.display())])
@@ -843,14 +828,7 @@ fn posix_acls_are_enforced_and_inherited_like_a_plain_filesystem() {
             .mount()
             .unwrap();
         fs::set_permissions(m.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let mut dir = m.path().parent();
-        while let Some(d) = dir {
-            if d == Path::new("/") || d == std::env::temp_dir() {
-                break;
-            }
-            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-            dir = d.parent();
-        }
+        reachable_by_all(m.path());
         m
     };
     let m = mount("timeout=0");
@@ -873,14 +851,7 @@ fn posix_acls_are_enforced_and_inherited_like_a_plain_filesystem() {
             .success()
     };
     fs::set_permissions(&plain, fs::Permissions::from_mode(0o755)).unwrap();
-    let mut dir = plain.parent();
-    while let Some(d) = dir {
-        if d == Path::new("/") || d == std::env::temp_dir() {
-            break;
-        }
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-        dir = d.parent();
-    }
+    reachable_by_all(&plain);
     assert!(as_nobody(&plain.join("d/secret")), "reference");
     assert!(
         as_nobody(&m.path().join("d/secret")),

@@ -158,3 +158,16 @@ pub fn simple_hash(data: &[u8]) -> u64 {
 pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
+
+/// Lets every user reach `p`: its parents up to the temp dir (test dirs
+/// are 0700) become 0755.
+pub fn reachable_by_all(p: &Path) {
+    let mut dir = p.parent();
+    while let Some(d) = dir {
+        if d == Path::new("/") || d == std::env::temp_dir() {
+            break;
+        }
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        dir = d.parent();
+    }
+}
