@@ -193,11 +193,11 @@ impl Overlay {
         if let Some(u) = upper.get() {
             return Ok(u);
         }
-        if self
-            .node(*ino)
-            .is_ok_and(|n| n.data_layer() == crate::inode::UPPER)
-            && let Ok((u, _)) = self.open_data(*ino, libc::O_RDONLY)
-        {
+        let copied_up = self
+            .read_nodes()
+            .get(*ino)
+            .is_some_and(|n| n.data_layer() == crate::inode::UPPER);
+        if copied_up && let Ok((u, _)) = self.open_data(*ino, libc::O_RDONLY) {
             return Ok(upper.get_or_init(|| u));
         }
         Ok(fd)
