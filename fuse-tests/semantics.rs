@@ -872,3 +872,23 @@ fn posix_acls_are_enforced_and_inherited_like_a_plain_filesystem() {
     let m = mount("noacl");
     assert!(!as_nobody(&m.path().join("d/secret")), "noacl");
 }
+
+#[test]
+fn readahead_is_one_maximal_read_request() {
+    require_root!();
+    let t = Tree::new();
+    let lower = t.dir("lower");
+    write(lower.join("f"), "f");
+    let m = mount(&[&lower]);
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = m.path().to_str().unwrap();
+    let dev = info
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|f| f.len() > 4 && f[4] == want)
+        .map(|f| f[2].to_string())
+        .next_back()
+        .expect("the mount in mountinfo");
+    let ra = fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
+    assert_eq!(ra.trim(), "1024");
+}

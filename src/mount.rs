@@ -139,6 +139,49 @@ pub fn mount(
     raise_fd_limit();
     let overlay = Arc::new(Overlay::new(opts)?);
     let fs = FuseAdapter::new(overlay.clone(), debug);
+    // Resolved before mounting: once mounted, a lookup of it would wait for
+    // the server, which does not serve yet.
+    let resolved = mountpoint.canonicalize().ok();
     let session = fuser::Session::new(fs, mountpoint, &fuser_config(opts)).map_err(Error::Mount)?;
+    if let Some(p) = resolved {
+        raise_readahead(&p);
+    }
     Ok((session, overlay))
+}
+
+/// Readahead of the mount, in KiB: one maximal (1 MiB) read request.
+const READAHEAD_KB: u32 = 1024;
+
+/// Sequential reads of files served through cairnfs (lower files of a
+/// writable mount) take 1 MiB requests instead of the kernel's default
+/// 128 KiB: the mount's readahead is raised through sysfs once the FUSE
+/// handshake is done (the handshake can only lower it). Only root may;
+/// otherwise, or when the mount is not found, nothing changes.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // mountinfo escapes space, tab, newline and backslash in octal.
+    let mut want = String::new();
+    for &b in mountpoint.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => want.push_str(&format!("\\{b:03o}")),
+            _ => want.push(b as char),
+        }
+    }
+    let Some(dev) = info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
+        })
+        .next_back()
+    else {
+        return;
+    };
+    let _ = std::fs::write(
+        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+        READAHEAD_KB.to_string(),
+    );
 }
