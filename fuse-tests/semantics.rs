@@ -621,16 +621,6 @@ fn permissions_are_checked_like_a_plain_filesystem() {
         .unwrap();
     fs::set_permissions(m.path(), fs::Permissions::from_mode(0o755)).unwrap();
     reachable_by_all(m.path());
-    let as_nobody = |args: &[&str]| {
-        Command::new(args[0])
-            .args(&args[1..])
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
     let secret = m.path().join("secret");
     let public = m.path().join("public");
     assert!(as_nobody(&["cat", public.to_str().unwrap()]));
@@ -840,37 +830,34 @@ fn posix_acls_are_enforced_and_inherited_like_a_plain_filesystem() {
     let want = sh_in(&plain, script);
     assert!(want.contains("user:nobody:rwx"), "{want}");
     assert_eq!(sh_in(m.path(), script), want);
-    let as_nobody = |p: &Path| {
-        Command::new("cat")
-            .arg(p)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let cat_as_nobody = |p: &Path| as_nobody(&["cat", p.to_str().unwrap()]);
     fs::set_permissions(&plain, fs::Permissions::from_mode(0o755)).unwrap();
     reachable_by_all(&plain);
-    assert!(as_nobody(&plain.join("d/secret")), "reference");
+    assert!(cat_as_nobody(&plain.join("d/secret")), "reference");
     assert!(
-        as_nobody(&m.path().join("d/secret")),
+        cat_as_nobody(&m.path().join("d/secret")),
         "the ACL grants nobody read"
     );
     // chmod keeps the ACL's mask in step (the kernel rewrites it).
     fs::set_permissions(m.path().join("d/secret"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(plain.join("d/secret"), fs::Permissions::from_mode(0o600)).unwrap();
-    assert!(!as_nobody(&plain.join("d/secret")), "reference after chmod");
-    assert!(!as_nobody(&m.path().join("d/secret")), "after chmod 600");
+    assert!(
+        !cat_as_nobody(&plain.join("d/secret")),
+        "reference after chmod"
+    );
+    assert!(
+        !cat_as_nobody(&m.path().join("d/secret")),
+        "after chmod 600"
+    );
     drop(m);
     // An ACL granting read, stored in the upper layer: enforced, but not
     // with noacl (the kernel then checks the mode bits alone).
     sh_in(&upper, "setfacl -m u:nobody:r d/secret");
     let m = mount("timeout=0");
-    assert!(as_nobody(&m.path().join("d/secret")), "stored ACL");
+    assert!(cat_as_nobody(&m.path().join("d/secret")), "stored ACL");
     drop(m);
     let m = mount("noacl");
-    assert!(!as_nobody(&m.path().join("d/secret")), "noacl");
+    assert!(!cat_as_nobody(&m.path().join("d/secret")), "noacl");
 }
 
 #[test]
@@ -891,4 +878,16 @@ fn readahead_is_one_maximal_read_request() {
         .expect("the mount in mountinfo");
     let ra = fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
     assert_eq!(ra.trim(), "1024");
+}
+
+/// Whether `args` succeeds when run as nobody:nogroup.
+fn as_nobody(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap()
+        .status
+        .success()
 }

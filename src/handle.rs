@@ -32,6 +32,16 @@ pub enum Handle {
 }
 
 impl Handle {
+    /// An open file of node `ino`; `from_lower`: `fd` is a lower layer's.
+    fn new_file(ino: Ino, fd: OwnedFd, from_lower: bool) -> Handle {
+        Handle::File {
+            ino,
+            fd,
+            from_lower,
+            upper: OnceLock::new(),
+        }
+    }
+
     pub fn file(&self) -> Option<&OwnedFd> {
         match self {
             Handle::File { fd, .. } => Some(fd),
@@ -124,12 +134,7 @@ impl Overlay {
     pub fn open_file(&self, ino: Ino, flags: i32) -> Result<(u64, bool)> {
         let (fd, lid) = self.open_data(ino, flags)?;
         let from_lower = lid != crate::inode::UPPER;
-        let fh = self.handles.insert(Handle::File {
-            ino,
-            fd,
-            from_lower,
-            upper: OnceLock::new(),
-        });
+        let fh = self.handles.insert(Handle::new_file(ino, fd, from_lower));
         Ok((fh, from_lower))
     }
 
@@ -351,12 +356,6 @@ impl Overlay {
             crate::namespace::NewObject::File { flags },
         )?;
         let fd = fd.ok_or(Errno::IO)?;
-        let h = Handle::File {
-            ino: a.ino,
-            fd,
-            from_lower: false,
-            upper: OnceLock::new(),
-        };
-        Ok((a, self.handles.insert(h)))
+        Ok((a, self.handles.insert(Handle::new_file(a.ino, fd, false))))
     }
 }

@@ -114,13 +114,14 @@ impl<B> Passthrough<B> {
             return OpenAs::Cached;
         }
         let eligible = self.is_enabled() && !(lower && self.writable);
-        let file = match rustix::fs::fstat(fd) {
+        // The file's identity, needed only beside or for a registration.
+        let identity = || match rustix::fs::fstat(fd) {
             Ok(st) => (st.st_dev, st.st_ino),
             Err(_) => (0, 0),
         };
         let answer = match s.inodes.get_mut(&ino) {
-            Some(InodeIo::Backed { id, file: f, opens }) => {
-                if *f != file {
+            Some(InodeIo::Backed { id, file, opens }) => {
+                if *file != identity() {
                     return OpenAs::Busy;
                 }
                 *opens += 1;
@@ -134,7 +135,7 @@ impl<B> Passthrough<B> {
                 let io = match eligible.then(|| register(fd)) {
                     Some(Ok(id)) => InodeIo::Backed {
                         id: Arc::new(id),
-                        file,
+                        file: identity(),
                         opens: 1,
                     },
                     failed => {
